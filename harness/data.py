@@ -190,8 +190,27 @@ def parse_qvhighlights_row(obj: dict[str, Any], where: str, require_gt: bool = T
                 f"{where}: relevant_clip_ids has {len(ids)} entries but saliency_scores has "
                 f"{len(scores)}; expected one score triple per clip id"
             )
-        saliency = {int(i): tuple(int(x) for x in s) for i, s in zip(ids, scores, strict=True)}
+        saliency = _saliency(ids, scores, where)
     return Query(qid, vid, query, duration, windows, saliency)
+
+
+def _saliency(ids: list[Any], scores: list[Any], where: str) -> dict[int, tuple[int, ...]]:
+    """clip id -> annotator scores; a malformed entry names the row instead of a bare TypeError."""
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    out: dict[int, tuple[int, ...]] = {}
+    for k, (i, s) in enumerate(zip(ids, scores, strict=True)):
+        if not is_int(i) or i < 0:
+            raise DataError(f"{where}: relevant_clip_ids[{k}] is {i!r:.40}, expected a clip index >= 0")
+        if not isinstance(s, list) or not s or not all(is_int(x) for x in s):
+            raise DataError(
+                f"{where}: saliency_scores[{k}] is {s!r:.60}, expected a list of integer scores "
+                "(one per annotator)"
+            )
+        out[i] = tuple(s)
+    return out
 
 
 def _qvhighlights(split: str) -> DatasetLoader:
@@ -281,6 +300,8 @@ def _activitynet(split: str) -> DatasetLoader:
             if not isinstance(rec, dict):
                 raise DataError(f"{where}: expected an object with duration, timestamps, sentences")
             duration = float(_field(rec, "duration", (int, float), where))
+            if duration <= 0:
+                raise DataError(f"{where}: field 'duration' should be > 0, got {duration}")
             stamps = _field(rec, "timestamps", list, where)
             sentences = _field(rec, "sentences", list, where)
             if len(stamps) != len(sentences):
@@ -295,6 +316,14 @@ def _activitynet(split: str) -> DatasetLoader:
         return Dataset(f"activitynet:{split}", tuple(queries), str(path))
 
     return load
+
+
+@DATASETS.register("demo:val")
+def load_demo(root: Path) -> Dataset:
+    """The built-in SYNTHETIC demo (harness.demo): needs no data root."""
+    from harness.demo import demo_dataset
+
+    return demo_dataset()
 
 
 DATASETS.register("activitynet:val_1")(_activitynet("val_1"))

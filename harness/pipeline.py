@@ -29,7 +29,7 @@ from harness.sources import MissingInputs, Prepared, SourceSpec, prepare
 def embedder_model(cfg: ExperimentConfig) -> str:
     from harness.embed import embedder_model_id
 
-    return embedder_model_id(cfg.embedder, cfg.embedder_model)
+    return embedder_model_id({"type": cfg.embedder, "model": cfg.embedder_model})
 
 
 def source_spec(cfg: ExperimentConfig) -> SourceSpec:
