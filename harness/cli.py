@@ -18,6 +18,9 @@ from harness.registry import RegistryError
 
 COMMAND_MODULES = (
     "harness.cache_cli",
+    "harness.pipeline",
+    "harness.eval",
+    "harness.runner",
 )
 
 

@@ -46,9 +46,9 @@ class ExperimentConfig:
     embedder_model: str | None = None
     # method
     pairing: Pairing = "granalign"
-    m: int = 5
+    m: int = 3  # rewrites per kind used (the builder caches 5); paper: m = 3
     lam: float = 0.3
-    K: int = 30  # percent of frames whose aware captions are used
+    K: int = 10  # percent of frames whose aware captions are used; paper: K = 10
     gap: int = 6
     n: int = 20  # percent: bottom-n% pruning
     tau: float = 0.9

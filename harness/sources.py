@@ -207,6 +207,15 @@ class Prepared:
     def has(self, pairs: Iterable[Pair]) -> bool:
         return all(p in self.sims for p in pairs)
 
+    def head(self, n: int) -> Prepared:
+        """The first `n` queries: what a pruned sweep trial scores before the rest."""
+        return Prepared(
+            self.dataset, self.queries[:n], self.n_frames[:n],
+            {k: v[:n] for k, v in self.sims.items()},
+            None if self.aware_rank is None else self.aware_rank[:n],
+            self.fingerprint, self.spec, self.notes,
+        )
+
 
 def _required_pairs(pairs: Iterable[Pair], cq_fallback: str) -> set[Pair]:
     need = set(pairs)
@@ -226,6 +235,7 @@ def prepare(
     """Read every entry and embedding that `pairs` need; raise MissingInputs listing gaps."""
     need = _required_pairs(pairs, cq_fallback)
     queries = dataset.queries
+    cache.reset_reads()  # the fingerprint covers exactly what this preparation read
     qkinds = {x: QUERY_KIND_REGISTRY.get(x)() for x in sorted({x for x, _ in need})}
     ckinds = {c: CAPTION_KIND_REGISTRY.get(c)() for c in sorted({c for _, c in need})}
     missing: list[Missing] = []
@@ -334,6 +344,7 @@ def prepare(
                 assert ce is not None and cq_rows is not None
                 frames = np.asarray(cq_rows[i].value["frames"], dtype=np.int64)
                 keep = cq_cols[i]
-                out[i, : qe.shape[0], frames[keep]] = (qe @ ce[keep].T)
+                row = out[i]  # a view; row[:m, cols] keeps (m, len(cols)) order
+                row[: qe.shape[0], frames[keep]] = qe @ ce[keep].T
         sims[(x, c)] = out
     return Prepared(name, tuple(queries), n_frames, sims, aware_rank, cache.fingerprint(), spec)
