@@ -65,8 +65,9 @@ class Settings:
     def resolved_overrides(self) -> dict[str, Any]:
         return {**(DEMO_OVERRIDES if self.demo else {}), **self.overrides}
 
-    def open_cache(self) -> Cache:
-        if self.demo:
+    def open_cache(self, dataset: str | None = None) -> Cache:
+        """The demo's own cache for the demo dataset (built on first use), else the cache."""
+        if self.demo or (dataset or "").startswith("demo"):
             from harness.demo import ensure_demo_cache
 
             return ensure_demo_cache(self.cache_dir)
@@ -94,12 +95,16 @@ class TableRun:
 
 
 def row_configs(spec: TableSpec, settings: Settings) -> dict[str, ExperimentConfig]:
-    """Runnable rows -> config with the command line's overrides applied."""
-    over = settings.resolved_overrides()
+    """Runnable rows -> config. `--set` overrides change the base: a key that the row sets
+    itself (Table 6's `captions: blip2`) keeps the row's value. `--demo` replaces the
+    dataset of every row."""
     out = {}
     for row in spec.runnable_rows():
         cfg = row_config(spec, row)
-        out[row.name] = cfg.replace(**over) if over else cfg
+        under = {k: v for k, v in settings.overrides.items() if k not in (row.overrides or {})}
+        if settings.demo:
+            under.update(DEMO_OVERRIDES)
+        out[row.name] = cfg.replace(**under) if under else cfg
     return out
 
 
@@ -565,7 +570,7 @@ class SweepWorker:
         self.spec = spec
         self.settings = settings
         self.base = spec.base_config(settings.resolved_overrides())
-        self.cache = settings.open_cache()
+        self.cache = settings.open_cache(self.base.dataset)
         self.pool = InputPool(self.cache, settings.data_root)
         self.study, self.name = _open_sweep_study(spec, settings, create=False)
         self.parent_id = parent_id
