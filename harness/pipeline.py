@@ -155,7 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         overrides["limit"] = args.limit
     cfg = load_config(args.config, overrides)
-    cache = Cache(args.cache)
+    if cfg.dataset.startswith("demo") and args.cache is None:
+        from harness.demo import ensure_demo_cache
+
+        cache = ensure_demo_cache()  # synthetic text never enters the real cache
+    else:
+        cache = Cache(args.cache)
     try:
         res = run_config(cfg, args.out, cache, args.data_root)
     except MissingInputs as e:
