@@ -173,8 +173,12 @@ class Cache:
         self._read: dict[str, str] = {}
         self._read_lock = threading.Lock()
         if not readonly:
+            # executescript() would COMMIT the open transaction itself (and _Tx's COMMIT
+            # then fails), so the statements run one by one inside one transaction
             with self._tx() as con:
-                con.executescript(_SCHEMA)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
 
     # -- connection ---------------------------------------------------------------------
     @property
@@ -284,6 +288,21 @@ class Cache:
             for key, value, value_hash, status, meta in cur:
                 out[key] = Entry(key, json.loads(value), status, json.loads(meta))
                 self._remember(key, value_hash)
+        return out
+
+    def producers(self, stage: str | None = None) -> list[Producer]:
+        """The producers that wrote entries here (optionally of one stage), oldest first.
+
+        How `embed_dataset` finds every caption set and variant list a run may ask for
+        without the caller naming them: whatever was imported or built gets embedded.
+        """
+        if stage is not None and stage not in STAGES:
+            raise ValueError(f"unknown cache stage {stage!r}; valid: {', '.join(STAGES)}")
+        out = []
+        for (spec,) in self._con.execute("SELECT spec FROM producers ORDER BY rowid"):
+            d = json.loads(spec)
+            if stage is None or d["stage"] == stage:
+                out.append(Producer(**d))
         return out
 
     def missing(self, producer: Producer, items: Sequence[Mapping[str, Any]]) -> list[int]:

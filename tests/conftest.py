@@ -22,3 +22,31 @@ def data_root() -> Path:
 @pytest.fixture()
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in SYNTHETIC demo cache, built once per test session (about 25 s).
+
+    GRANALIGN_TEST_DEMO_CACHE names a folder to reuse across sessions (it is built there
+    on first use); otherwise a session temp folder is used."""
+    from harness.demo import ensure_demo_cache
+
+    reuse = os.environ.get("GRANALIGN_TEST_DEMO_CACHE")
+    path = Path(reuse) if reuse else tmp_path_factory.mktemp("demo-cache")
+    ensure_demo_cache(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with its schema migrated, made once per session.
+
+    Creating a store runs MLflow's migrations (about 9 s); tests copy this file
+    (`shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")`) instead."""
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
