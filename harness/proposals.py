@@ -98,10 +98,21 @@ def best_per_group(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.
 
 
 def curve_percentiles(curves: np.ndarray, n: float) -> np.ndarray:
-    """The n-th percentile of each curve's frame scores (linear interpolation)."""
+    """The n-th percentile of each curve's frame scores, ignoring padding.
+
+    Equal to `np.nanpercentile(curves, n, axis=1)` (linear interpolation), computed for
+    all rows at once: nanpercentile loops over rows in Python, which dominated a trial."""
     if n <= 0:
         return np.full(curves.shape[0], -np.inf)
-    return np.nanpercentile(curves, n, axis=1)
+    ordered = np.sort(curves, axis=1)  # NaN padding sorts last
+    count = np.sum(~np.isnan(curves), axis=1)
+    h = (np.maximum(count, 1) - 1) * (n / 100.0)
+    lo = np.floor(h).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    a = np.take_along_axis(ordered, lo[:, None], axis=1)[:, 0]
+    b = np.take_along_axis(ordered, hi[:, None], axis=1)[:, 0]
+    out = a + (h - lo) * (b - a)
+    return np.where(count > 0, out, np.nan)
 
 
 # -- pruning -----------------------------------------------------------------------------

@@ -147,16 +147,14 @@ def prediction_rows(prep: Prepared, preds: list[QueryPrediction]) -> list[dict[s
     """The official QVHighlights prediction jsonl rows."""
     rows = []
     for q, p in zip(prep.queries, preds, strict=True):
+        windows = np.column_stack([np.round(p.windows, 4), np.round(p.scores, 6)]) if len(p.scores) else []
         rows.append(
             {
                 "qid": q.qid,
                 "query": q.query,
                 "vid": q.vid,
-                "pred_relevant_windows": [
-                    [round(float(s), 4), round(float(e), 4), round(float(sc), 6)]
-                    for (s, e), sc in zip(p.windows, p.scores, strict=True)
-                ],
-                "pred_saliency_scores": [round(float(x), 6) for x in np.nan_to_num(p.saliency)],
+                "pred_relevant_windows": windows.tolist() if len(windows) else [],
+                "pred_saliency_scores": np.round(np.nan_to_num(p.saliency), 6).tolist(),
             }
         )
     return rows

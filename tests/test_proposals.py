@@ -141,3 +141,14 @@ def test_nms_ties_keep_the_earlier_span():
 
 def test_nms_empty():
     assert temporal_nms(np.zeros((0, 2)), np.zeros(0), tau=0.9).size == 0
+
+
+def test_curve_percentiles_equal_nanpercentile_with_padding():
+    from harness.proposals import curve_percentiles
+
+    rng = np.random.default_rng(1)
+    curves = rng.random((50, 30))
+    lengths = rng.integers(1, 31, size=50)
+    curves[np.arange(30)[None, :] >= lengths[:, None]] = np.nan
+    for n in (10, 20, 37.5, 90):
+        np.testing.assert_allclose(curve_percentiles(curves, n), np.nanpercentile(curves, n, axis=1))

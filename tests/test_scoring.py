@@ -156,7 +156,7 @@ def test_vtg_gpt_recipe_matches_its_published_procedure():
     q = rng.random((1, 1, 40)).astype(np.float64)
     qp = rng.random((1, 5, 40)).astype(np.float64)
     prep = prepared({("q", "Ca"): q, ("qp", "Ca"): qp}, [80.0], [40])
-    cfg = _cfg(recipe="vtg-gpt", pairing="q-Ca+qp-Ca", lam=0.5, tau=0.95, max_windows=1000)
+    cfg = _cfg(recipe="vtg-gpt", pairing="q-Ca+qp-Ca", m=5, lam=0.5, tau=0.95, max_windows=1000)
     (p,) = predict(prep, cfg)
     curves = [minmax(q)[0, 0]] + [minmax(qp)[0, j] for j in range(5)]
     want = _vtg_gpt_reference(curves)
