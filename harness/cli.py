@@ -18,6 +18,7 @@ from harness.registry import RegistryError
 
 COMMAND_MODULES = (
     "harness.cache_cli",
+    "harness.build",
     "harness.pipeline",
     "harness.eval",
     "harness.runner",

@@ -1,0 +1,289 @@
+"""`granalign cache build` end to end on tiny random models and synthetic videos.
+
+The dataset is a QVHighlights-format jsonl in a temporary data root: two real videos (12 s
+and 8 s of coloured scenes), one video id with no file and one undecodable file. Values of
+random models are gibberish, so the tests compare structure, keys and whole caches:
+an uninterrupted build vs. a build killed midway and rerun, vs. two shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness.backends import candidate_frames
+from harness.backends import testing as tiny
+from harness.build import (
+    CRASH_ENV,
+    BuildConfig,
+    CacheBuilder,
+    efficiency_rows,
+    shard_of,
+    shard_queries,
+)
+from harness.cache import Cache
+from harness.data import load_dataset
+from harness.producers import (
+    caption_producer,
+    frame_filter_producer,
+    query_item,
+    rewrite_producer,
+    video_item,
+    video_query_item,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+R, G, B, Y = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
+ROWS = [
+    {"qid": 1, "vid": "vidA", "query": "A person picking up a pencil from the desk", "duration": 12},
+    {"qid": 2, "vid": "vidA", "query": "a red scene turns blue", "duration": 12},
+    {"qid": 3, "vid": "vidB", "query": "A yellow screen", "duration": 8},
+    {"qid": 4, "vid": "vidMissing", "query": "a video nobody downloaded", "duration": 10},
+    {"qid": 5, "vid": "vidBroken", "query": "a broken video file", "duration": 10},
+]
+FRAMES = {"vidA": 6, "vidB": 4}
+PAIRS = (1, 2)
+# `cpu` in CI; GRANALIGN_TEST_DEVICE=cuda runs the same builds on a GPU machine
+DEVICE = os.environ.get("GRANALIGN_TEST_DEVICE", "cpu")
+
+
+@dataclass(frozen=True)
+class World:
+    data_root: Path
+    videos: Path
+    models: tiny.TinyModels
+
+
+@dataclass(frozen=True)
+class Run:
+    cache: Path
+    rc: int
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    base = tmp_path_factory.getbasetemp()
+    models = tiny.build_tiny_models(base / "granalign-tiny-models")
+    root = base / "granalign-build-world"
+    if not (root / "DONE").is_file():
+        (root / "data" / "qvhighlights").mkdir(parents=True, exist_ok=True)
+        rows = [{**r, "relevant_windows": [[0, 2]]} for r in ROWS]
+        (root / "data" / "qvhighlights" / "highlight_val_release.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tiny.make_video(root / "videos" / "vidA.mp4", [R, R, G, G, B, B])
+        tiny.make_video(root / "videos" / "vidB.mkv", [Y, B, G, R])
+        (root / "videos" / "vidBroken.mp4").write_bytes(b"this is not a video" * 64)
+        (root / "DONE").write_text("ok\n")
+    return World(root / "data", root / "videos", models)
+
+
+def build_args(w: World, cache: Path, *extra: str) -> list[str]:
+    m = w.models
+    return [
+        "cache", "build", "--cache", str(cache), "--dataset", "qvhighlights:val",
+        "--data-root", str(w.data_root), "--videos", str(w.videos),
+        "--rewriter-model", str(m.llama), "--pairs", ",".join(map(str, PAIRS)),
+        "--frame-filter-model", m.clip_spec, "--caption-model", str(m.qwen_vl),
+        "--device", DEVICE, "--batch-size", "2",
+        # one query per rewriter batch: a padded batch may flip a near-tie argmax of a random
+        # model, and shards batch different queries together
+        "--opt", "rewrite.batch_size=1", "--opt", "rewrite.max_new_tokens=6",
+        "--opt", "rewrite.attempts=2", "--opt", "captions.max_new_tokens=4", "--no-progress",
+        *extra,
+    ]
+
+
+def run_main(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(args)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def entries(cache: Path) -> dict[str, tuple[str, str, str, str]]:
+    """key -> (stage, value, status, meta) of every text entry."""
+    with contextlib.closing(sqlite3.connect(cache / "cache.sqlite")) as con:
+        return {k: (s, v, st, m) for k, s, v, st, m in
+                con.execute("SELECT key, stage, value, status, meta FROM entries")}
+
+
+def by_stage(e: dict[str, tuple[str, str, str, str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for stage, *_ in e.values():
+        out[stage] = out.get(stage, 0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(world: World, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One uninterrupted, unsharded build of every stage (the comparison point)."""
+    cache = tmp_path_factory.mktemp("reference") / "cache"
+    rc, out, err = run_main(build_args(world, cache, "--bench"))
+    return Run(cache, rc, out, err)
+
+
+def producers(w: World) -> dict[str, object]:
+    m = w.models
+    ff = frame_filter_producer("clip-vit-b32", m.clip_spec)
+    return {
+        "rewrite": {p: rewrite_producer("hf-causal-lm", str(m.llama), p) for p in PAIRS},
+        "frame_filter": ff,
+        "agnostic": caption_producer("qwen2.5-vl", "agnostic", str(m.qwen_vl)),
+        "aware": caption_producer("qwen2.5-vl", "aware", str(m.qwen_vl), frame_filter=ff),
+    }
+
+
+def test_build_every_stage_through_cli(world: World, reference: Run) -> None:
+    assert reference.rc == 0, reference.err
+    ds = load_dataset("qvhighlights:val", world.data_root)
+    cache = Cache(reference.cache, readonly=True)
+    p = producers(world)
+    # rewrites: every query text and pair, keyed exactly as runs read them
+    for pair in PAIRS:
+        for q in ds.queries:
+            e = cache.get(p["rewrite"][pair], query_item(q))
+            assert e is not None, (pair, q.query)
+            assert set(e.value) == {"qs", "qd"}
+            # 6 random tokens never hold 5 rewrites: retried, then stored as failed with raw text
+            assert e.status == "failed" and e.meta["attempts"] == {"qs": 2, "qd": 2}
+            assert len(e.meta["raw"]["qs"]) == 2 and "expected 5 rewrites" in e.meta["error"]["qd"]
+    for q in ds.queries:
+        scores = cache.get(p["frame_filter"], video_query_item(ds.name, q))
+        aware = cache.get(p["aware"], video_query_item(ds.name, q))
+        agnostic = cache.get(p["agnostic"], video_item(ds.name, q.vid))
+        if q.vid not in FRAMES:  # missing / undecodable: nothing written
+            assert scores is None and aware is None and agnostic is None
+            continue
+        n = FRAMES[q.vid]
+        assert n == q.n_clips
+        assert scores.status == "ok" and len(scores.value) == n
+        assert all(isinstance(v, float) and -1 <= v <= 1 for v in scores.value)
+        assert len(agnostic.value) == n and all(isinstance(c, str) for c in agnostic.value)
+        assert aware.value["frames"] == candidate_frames(scores.value, 30)
+        assert len(aware.value["frames"]) == 2 and len(aware.value["captions"]) == 2
+        assert "entities:" in aware.meta["prompt"]
+    counts = by_stage(entries(reference.cache))
+    assert counts == {"variants": 5 * len(PAIRS), "frame_scores": 3, "captions_agnostic": 2,
+                      "captions_aware": 3}
+    # the frame store holds the decoded videos
+    assert sorted(f.name for f in (reference.cache / "frames").rglob("*.zip")) == ["vidA.zip", "vidB.zip"]
+    # missing and undecodable videos are reported by id, and the rest went on
+    text = reference.out + reference.err
+    assert "vidMissing: missing: no vidMissing.{mp4/mkv/webm/avi}" in text
+    assert "vidBroken: undecodable by decord" in text and "undecodable by PyAV" in text
+    assert "2 video(s) skipped" in reference.out
+
+
+def test_efficiency_rows_and_bench(reference: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = efficiency_rows(Cache(reference.cache, readonly=True))
+    stages = [r["stage"] for r in rows]
+    assert stages == ["frames", "variants", "frame_scores", "captions_agnostic", "captions_aware", "total"]
+    by = {r["stage"]: r for r in rows}
+    assert by["variants"]["items"] == 10 and by["frame_scores"]["items"] == 3
+    assert by["captions_agnostic"]["queries"] == 3  # 2 videos carry 3 queries
+    assert not by["captions_agnostic"]["online"] and by["captions_aware"]["online"]
+    for r in rows[1:-1]:
+        assert r["s_per_query"] > 0 and r["peak_mem_gb"] > 0
+        assert r["device"] == "cpu" if r["stage"] == "frames" else r["device"].startswith(DEVICE)
+    online = [by[s]["s_per_query"] for s in ("variants", "frame_scores", "captions_aware")]
+    assert by["total"]["s_per_query"] == pytest.approx(sum(online))
+    assert "total" in reference.out  # --bench printed the table
+    assert cli.main(["bench", "--cache", str(reference.cache), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in printed] == stages
+
+
+def test_rerun_does_only_what_is_missing(world: World, reference: Run, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(reference.cache, cache_dir)
+    before = entries(cache_dir)
+    timings = len(Cache(cache_dir).timings())
+    config = BuildConfig(
+        dataset="qvhighlights:val", data_root=str(world.data_root), videos=str(world.videos),
+        rewriter_model=str(world.models.llama), pairs=PAIRS, frame_filter_model=world.models.clip_spec,
+        caption_model=str(world.models.qwen_vl), device=DEVICE, progress=False,
+    )
+    builder = CacheBuilder(config, Cache(cache_dir), log=io.StringIO())
+    report = builder.run()
+    assert [s.done for s in report.stages] == [0, 0, 0, 0, 0]
+    assert all(getattr(b, "_model", None) is None for b in builder._backends.values())  # nothing loaded
+    assert entries(cache_dir) == before and len(Cache(cache_dir).timings()) == timings
+
+
+def test_crash_midway_then_rerun_equals_uninterrupted(world: World, reference: Run, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    env = {**os.environ, CRASH_ENV: "frame_filter:3"}  # vidA's 2 queries commit, vidB's dies
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *build_args(world, cache_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    crashed = by_stage(entries(cache_dir))
+    assert crashed == {"variants": 10, "captions_agnostic": 2, "frame_scores": 2}
+    rc, out, err = run_main(build_args(world, cache_dir))
+    assert rc == 0, err
+    assert entries(cache_dir) == entries(reference.cache)
+    lines = {ln.split()[0]: ln for ln in out.splitlines()[1:6]}
+    assert " 0 done" in lines["rewrite"] and " 1 done" in lines["frame_filter"]
+
+
+def test_two_shards_equal_one_unsharded_build(world: World, reference: Run, tmp_path: Path) -> None:
+    ds = load_dataset("qvhighlights:val", world.data_root)
+    assert {q.vid for q in shard_queries(ds, 0, 2)} == {"vidA"}  # both shards have real work
+    assert {q.vid for q in shard_queries(ds, 1, 2)} == {"vidB", "vidMissing", "vidBroken"}
+    assert all(shard_of(v, 1) == 0 for v in FRAMES)
+    cache_dir = tmp_path / "cache"
+    assert run_main(build_args(world, cache_dir, "--shard", "0/2"))[0] == 0
+    first = entries(cache_dir)
+    assert by_stage(first) == {"variants": 4, "frame_scores": 2, "captions_agnostic": 1, "captions_aware": 2}
+    assert run_main(build_args(world, cache_dir, "--shard", "1/2"))[0] == 0
+    assert entries(cache_dir) == entries(reference.cache)
+
+
+def test_caption_text_stand_in_from_stored_frames(world: World, reference: Run, tmp_path: Path) -> None:
+    """No videos: the stand-in filter reads cached captions, aware captions read the frame store."""
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(reference.cache, cache_dir)
+    args = [a for a in build_args(world, cache_dir) if a not in ("--videos", str(world.videos))]
+    rc, out, err = run_main([*args, "--stages", "frame_filter,captions_aware", "--frame-filter", "caption-text"])
+    assert rc == 0, err
+    assert "STAND-IN" in out and "no agnostic captions" in out + err
+    ds = load_dataset("qvhighlights:val", world.data_root)
+    cache = Cache(cache_dir, readonly=True)
+    ff = frame_filter_producer("caption-text")
+    aware = caption_producer("qwen2.5-vl", "aware", str(world.models.qwen_vl), frame_filter=ff)
+    for q in ds.queries:
+        e = cache.get(ff, video_query_item(ds.name, q))
+        if q.vid not in FRAMES:
+            assert e is None
+            continue
+        assert len(e.value) == FRAMES[q.vid] and "caption-text" in e.meta["stand_in"]
+        a = cache.get(aware, video_query_item(ds.name, q))
+        assert a.value["frames"] == candidate_frames(e.value, 30)
+
+
+def test_cli_errors_name_the_problem(world: World, tmp_path: Path) -> None:
+    rc, _, err = run_main(build_args(world, tmp_path / "c", "--captioner", "nope", "--stages", "captions_agnostic"))
+    assert rc == 2 and "valid: blip2" in err and "qwen2.5-vl" in err
+    rc, _, err = run_main(build_args(world, tmp_path / "c", "--frame-filter", "nope"))
+    assert rc == 2 and "valid names: caption-text, clip-vit-b32" in err
+    rc, _, err = run_main(build_args(world, tmp_path / "c", "--pairs", "1,9", "--stages", "rewrite"))
+    assert rc == 2 and "unknown instruction pair 9" in err
+    args = [a for a in build_args(world, tmp_path / "c") if a not in ("--videos", str(world.videos))]
+    rc, _, err = run_main([*args, "--stages", "frames"])
+    assert rc == 2 and "needs --videos" in err
+    rc, _, err = run_main(build_args(world, tmp_path / "c", "--opt", "bogus.x=1"))
+    assert rc == 2 and "unknown option group" in err
