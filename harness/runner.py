@@ -18,13 +18,16 @@ opened by hand through `harness.tracking`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,112 @@ DEMO_OVERRIDES = {"dataset": "demo:val"}
 
 def storage_url(url: str | None = None) -> str:
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def _sqlite_lock_path(url: str) -> Path | None:
+    """`<db>.lock` beside a SQLite file database; None for other RDBs and in-memory SQLite."""
+    if not url.startswith("sqlite:///") or url in ("sqlite://", "sqlite:///:memory:"):
+        return None
+    return Path(url[len("sqlite:///"):].split("?", 1)[0] + ".lock")
+
+
+class BudgetReached(RuntimeError):
+    """A sweep worker asked for a trial beyond the sweep's budget; it stops."""
+
+
+_PROCESS_LOCK = threading.RLock()
+_HELD: dict[Path, int] = {}  # lock file -> depth, while this process holds it
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive flock on `path` across processes, re-entrant within one process
+    (threads of the process are serialised too). None: no lock."""
+    if path is None:
+        yield
+        return
+    with _PROCESS_LOCK:
+        if path in _HELD:
+            _HELD[path] += 1
+            try:
+                yield
+            finally:
+                _HELD[path] -= 1
+            return
+        import fcntl
+
+        with open(path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            _HELD[path] = 1
+            try:
+                yield
+            finally:
+                del _HELD[path]
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_STORAGE_CLASS: Any = None
+
+
+def _storage_class() -> Any:
+    """RDBStorage with (1) a file lock around trial state changes and trial creation on
+    SQLite and (2) an optional trial budget, checked under that lock.
+
+    (1) RDBStorage claims a WAITING trial (and fails a stale one) by reading its state,
+    then writing the new one. On PostgreSQL/MySQL the read is `SELECT ... FOR UPDATE`;
+    SQLite ignores that and pysqlite runs the read outside the write transaction, so two
+    worker processes can both claim the same trial (seen: 5 of 300 enqueued trials popped
+    twice by two processes). The lock makes read-and-write one step across processes.
+
+    (2) With `budget = (study_id, n)`, a new trial (or a WAITING one popped) is refused
+    with BudgetReached once finished + running trials (of live workers) reach n: without
+    it, every worker starts another trial while the others run their last ones, and the
+    sweep ends with up to `workers - 1` trials too many (Optuna's MaxTrialsCallback counts
+    finished trials only)."""
+    global _STORAGE_CLASS
+    if _STORAGE_CLASS is not None:
+        return _STORAGE_CLASS
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    class GranAlignRDBStorage(RDBStorage):  # type: ignore[misc]
+        lock_path: Path | None = None
+        budget: tuple[int, int] | None = None
+
+        def _check_budget(self) -> None:
+            if self.budget is None:
+                return
+            study_id, n = self.budget
+            states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            used = sum(1 for t in self.get_all_trials(study_id, deepcopy=False, states=states)
+                       if t.state != TrialState.RUNNING or not _worker_dead(t))
+            if used >= n:
+                raise BudgetReached(f"{n} trials finished or running")
+
+        def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
+            with _file_lock(self.lock_path):
+                if state == TrialState.RUNNING:
+                    self._check_budget()
+                return super().set_trial_state_values(trial_id, state, values)
+
+        def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+            # no template: Study.ask's new trial; a template: add_trial / enqueue / a retry
+            with _file_lock(self.lock_path):
+                if template_trial is None:
+                    self._check_budget()
+                return super()._create_new_trial(study_id, template_trial)
+
+    _STORAGE_CLASS = GranAlignRDBStorage
+    return _STORAGE_CLASS
+
+
+def rdb_storage(url: str, **kwargs: Any) -> Any:
+    """Optuna's RDBStorage for `url`, locked across processes on SQLite (see _storage_class)."""
+    _optuna()
+    storage = _storage_class()(url, **kwargs)
+    lock = _sqlite_lock_path(url)
+    storage.lock_path = lock.resolve() if lock is not None else None
+    return storage
 
 
 @dataclass
@@ -121,10 +230,22 @@ def effective_spec(spec: TableSpec, settings: Settings) -> TableSpec:
         if label.startswith("demo"):
             label += " (SYNTHETIC demo data: our numbers say nothing about the paper's)"
         datasets = (label,)
-    shown = ", ".join(f"{k}={v}" for k, v in over.items() if k != "dataset")
+    # `--set` keys apply under the rows' own overrides (row_configs): say where they did
+    rows = spec.runnable_rows()
+    shown, ignored = [], []
+    for k, v in settings.overrides.items():
+        if k == "dataset" and settings.demo:
+            continue
+        setting = sum(1 for r in rows if k in (r.overrides or {}))
+        if setting == len(rows) and rows:
+            ignored.append(f"{k}={v}")
+        else:
+            shown.append(f"{k}={v}" + (f" (rows that do not set {k})" if setting else ""))
     note = spec.note or ""
+    if ignored:
+        note = f"Not applied: {', '.join(ignored)} (every row sets it). {note}".strip()
     if shown:
-        note = f"Our rows were run with {shown} (the paper's settings otherwise). {note}".strip()
+        note = f"Our rows were run with {', '.join(shown)} (the paper's settings otherwise). {note}".strip()
     return dataclasses.replace(spec, datasets=datasets, note=note or None)
 
 
@@ -169,7 +290,7 @@ class RowWorker:
         self.cache = settings.open_cache()
         self.pool = InputPool(self.cache, settings.data_root)
         optuna = _optuna()
-        self.storage = optuna.storages.RDBStorage(storage_url(settings.storage))
+        self.storage = rdb_storage(storage_url(settings.storage))
         self.study = optuna.load_study(study_name=study_name, storage=self.storage)
         self.parent_id = parent_id
         self.tracker = _tracker(f"table-{spec.id}", settings) if parent_id else None
@@ -294,7 +415,7 @@ def run_table(table: str, settings: Settings, echo: bool = True) -> TableRun:
     spec = load_table(table)
     configs = row_configs(spec, settings)
     name = table_study_name(spec, settings)
-    storage = optuna.storages.RDBStorage(storage_url(settings.storage))
+    storage = rdb_storage(storage_url(settings.storage))
     sampler = optuna.samplers.GridSampler({"row": list(configs)}) if configs else None
     study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
@@ -497,7 +618,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
         str(data["name"]), str(data["base"]), dict(data.get("overrides") or {}), tuple(objectives),
         dict(data["space"]), dict(data.get("sampler") or {"type": "tpe"}), data.get("pruner"), path,
     )
-    spec.base_config()  # validates base + overrides now, not in a worker
+    try:  # validates base + overrides now, not in a worker
+        spec.base_config()
+    except ConfigError as e:  # the message names the base file; say which sweep used it
+        raise ConfigError(f"{path}: base/overrides: {e}") from None
     return spec
 
 
@@ -505,7 +629,10 @@ def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     out: dict[str, Any] = {}
     for name, d in space.items():
         if d["type"] == "float":
-            out[name] = trial.suggest_float(name, d["low"], d["high"], step=d.get("step"), log=d.get("log", False))
+            value = trial.suggest_float(name, d["low"], d["high"], step=d.get("step"), log=d.get("log", False))
+            # a stepped value is low + k * step in floating point (0.7000000000000001): round it
+            # so that equal settings give equal config hashes (a table row, another trial)
+            out[name] = round(value, 12) if d.get("step") else value
         elif d["type"] == "int":
             out[name] = trial.suggest_int(name, d["low"], d["high"], step=d.get("step", 1))
         else:
@@ -515,10 +642,14 @@ def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     return out
 
 
-def _sampler(spec: SweepSpec) -> Any:
+def _sampler(spec: SweepSpec, worker: int = 0) -> Any:
+    """The spec's sampler; worker k of a parallel sweep gets seed + k (equal seeds would
+    make every worker propose the same parameters, trial after trial)."""
     optuna = _optuna()
     kind = spec.sampler.get("type", "tpe")
     seed = spec.sampler.get("seed")
+    if seed is not None:
+        seed = int(seed) + worker
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=bool(spec.sampler.get("multivariate", True)),
                                           n_startup_trials=int(spec.sampler.get("n_startup_trials", 10)))
@@ -538,18 +669,40 @@ def _pruner(spec: SweepSpec) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=int(spec.pruner.get("n_startup_trials", 5)))
 
 
+HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 6  # seconds without a heartbeat after which a trial is stale (failed, retried)
+MAX_RETRY = 2
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Hide Optuna's ExperimentalWarning (heartbeats and their callbacks are 'experimental')."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
 def sweep_storage(url: str) -> Any:
-    """RDB storage with heartbeats: a killed worker's trial is failed and retried once."""
-    optuna = _optuna()
-    from optuna.storages import RetryFailedTrialCallback
+    """RDB storage with heartbeats: a killed worker's trial is failed and retried (twice at
+    most). Optuna >= 4.9 names the callback RetryHeartbeatStaleTrialCallback and the argument
+    heartbeat_stale_trial_callback (RetryFailedTrialCallback / failed_trial_callback are
+    deprecated and go in 6.0); older versions only have the old names."""
+    import optuna.storages as st
 
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=2, grace_period=6,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
-    )
+    with _quiet_experimental():
+        if hasattr(st, "RetryHeartbeatStaleTrialCallback"):
+            retry = st.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+            return rdb_storage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                               heartbeat_stale_trial_callback=retry)
+        return rdb_storage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                           failed_trial_callback=st.RetryFailedTrialCallback(max_retry=MAX_RETRY))
 
 
-def _open_sweep_study(spec: SweepSpec, settings: Settings, create: bool) -> tuple[Any, str]:
+def _open_sweep_study(spec: SweepSpec, settings: Settings, create: bool, worker: int = 0) -> tuple[Any, str]:
     optuna = _optuna()
     name = f"sweep-{spec.name}-{spec.digest(settings.resolved_overrides())}"
     storage = sweep_storage(storage_url(settings.storage))
@@ -558,7 +711,8 @@ def _open_sweep_study(spec: SweepSpec, settings: Settings, create: bool) -> tupl
         study = optuna.create_study(study_name=name, storage=storage, directions=directions,
                                     sampler=_sampler(spec), pruner=_pruner(spec), load_if_exists=True)
     else:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
+        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec, worker),
+                                  pruner=_pruner(spec))
     return study, name
 
 
@@ -566,13 +720,14 @@ PRUNE_FRACTIONS = (0.25, 0.5)
 
 
 class SweepWorker:
-    def __init__(self, spec: SweepSpec, settings: Settings, parent_id: str, n_trials: int) -> None:
+    def __init__(self, spec: SweepSpec, settings: Settings, parent_id: str, n_trials: int,
+                 worker: int = 0) -> None:
         self.spec = spec
         self.settings = settings
         self.base = spec.base_config(settings.resolved_overrides())
         self.cache = settings.open_cache(self.base.dataset)
         self.pool = InputPool(self.cache, settings.data_root)
-        self.study, self.name = _open_sweep_study(spec, settings, create=False)
+        self.study, self.name = _open_sweep_study(spec, settings, create=False, worker=worker)
         self.parent_id = parent_id
         self.tracker = _tracker(f"sweep-{spec.name}", settings)
         self.n_trials = n_trials
@@ -581,6 +736,13 @@ class SweepWorker:
         optuna = _optuna()
         from harness.tracking import flatten_metrics, provenance_tags
 
+        t.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "trial": t.number})
+        if _budget_used(self.study, before=t.number) >= self.n_trials:
+            # another worker started a trial in the same instant and took the last slot
+            # (the storage's budget check prevents this on SQLite; other RDBs lack its lock)
+            t.set_user_attr("over_budget", True)
+            self.study.stop()
+            raise OverBudget(f"trial {t.number}: {self.n_trials} trials already done or running")
         params = suggest(t, self.spec.space)
         cfg = self.base.replace(**params, name=f"{self.spec.name}/trial{t.number}")
         prep = self.pool.get(cfg)
@@ -593,6 +755,8 @@ class SweepWorker:
         t.set_user_attr("config_hash", cfg.hash())
         delay = float(os.environ.get("GRANALIGN_TRIAL_DELAY", "0") or 0)  # tests: a slow trial
         try:
+            if delay:
+                time.sleep(delay)
             if len(self.spec.objectives) == 1 and self.spec.pruner:
                 metric = self.spec.objectives[0][0]
                 for step, frac in enumerate(PRUNE_FRACTIONS):
@@ -604,8 +768,6 @@ class SweepWorker:
                         self.tracker.set_tags(run_id, {"status": "pruned"})
                         self.tracker.finish(run_id)
                         raise optuna.TrialPruned()
-            if delay:
-                time.sleep(delay)
             metrics = trial(prep, cfg)
             flat = brief(metrics)
             t.set_user_attr("metrics", flat)
@@ -620,17 +782,27 @@ class SweepWorker:
         values = tuple(float(flat[m]) for m, _ in self.spec.objectives)
         return values[0] if len(values) == 1 else values
 
-    def run(self) -> None:
-        optuna = _optuna()
-        from optuna.study import MaxTrialsCallback
-        from optuna.trial import TrialState
+    def _stop_when_budget_used(self, study: Any, _: Any) -> None:
+        """After each trial: stop once finished + still-running trials reach the budget.
 
-        stop = MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        Optuna's MaxTrialsCallback counts finished trials only, so with several workers
+        each one starts another trial while the others' last ones run, and the study
+        ends with up to `workers - 1` trials too many."""
+        if _budget_used(study) >= self.n_trials:
+            study.stop()
+
+    def run(self) -> None:
         if _finished_count(self.study) >= self.n_trials:
             return
-        self.study.optimize(self.objective, callbacks=[stop], catch=(MissingInputs,),
-                            gc_after_trial=False)
-        del optuna
+        backend = getattr(self.study._storage, "_backend", self.study._storage)
+        backend.budget = (self.study._study_id, self.n_trials)
+        with _quiet_experimental(), contextlib.suppress(BudgetReached):
+            self.study.optimize(self.objective, callbacks=[self._stop_when_budget_used],
+                                catch=(MissingInputs, OverBudget), gc_after_trial=False)
+
+
+class OverBudget(RuntimeError):
+    """A trial started after the sweep's budget was taken (a race between workers)."""
 
 
 def _finished_count(study: Any) -> int:
@@ -639,17 +811,85 @@ def _finished_count(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def _close_orphan_runs(study: Any, tracker: Any) -> int:
-    """MLflow runs of trials whose worker died stay RUNNING; mark them KILLED."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not waited for yet is a zombie: dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _worker_dead(t: Any) -> bool:
+    """True when the trial's worker ran on this host and its process is gone. (A retried
+    trial inherits the failed one's user attrs: `worker.trial` tells them apart.)"""
+    w = t.user_attrs.get("worker") or {}
+    return (w.get("trial") == t.number and w.get("host") == socket.gethostname()
+            and isinstance(w.get("pid"), int) and not _pid_alive(w["pid"]))
+
+
+def _reap_dead_workers(study: Any) -> list[int]:
+    """Fail (and so retry) the RUNNING trials of dead workers on this host now, then the
+    heartbeat-stale ones of any host; the numbers of the trials failed here."""
+    import copy
+
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    fail_stale_trials(study)
+    storage = study._storage
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _worker_dead(t):
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                failed.append(t)
+        except UpdateFinishedTrialError:
+            continue
+    get_callback = getattr(storage, "get_heartbeat_stale_trial_callback", None) or getattr(
+        storage, "get_failed_trial_callback", None)
+    callback = get_callback() if get_callback else None
+    with _quiet_experimental():
+        for t in failed:
+            if callback is not None:
+                callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+        fail_stale_trials(study)
+    return [t.number for t in failed]
+
+
+def _budget_used(study: Any, before: int | None = None) -> int:
+    """Finished trials plus the running ones that will finish (workers alive); with
+    `before`, only running trials numbered below it count (the earlier trial wins a race)."""
+    from optuna.trial import TrialState
+
+    _reap_dead_workers(study)
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if (before is None or t.number < before)]
+    return _finished_count(study) + len(running)
+
+
+def _close_orphan_runs(study: Any, tracker: Any, parent_id: str) -> int:
+    """MLflow runs of trials whose worker died stay RUNNING; mark them KILLED.
+
+    A child is an orphan when its Optuna trial is no longer RUNNING (failed, or retried
+    and finished); the trial is found by the child's `trial` tag, so a worker killed
+    between opening the child and recording its run id leaves no RUNNING run either."""
+    from optuna.trial import TrialState
+
+    _reap_dead_workers(study)
+    state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     closed = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
-            tracker.finish(run_id, "KILLED")
+    for run in tracker.children(parent_id):
+        if run.info.status != "RUNNING":
+            continue
+        number = run.data.tags.get("trial")
+        if number is not None and state.get(int(number)) != TrialState.RUNNING:
+            tracker.finish(run.info.run_id, "KILLED")
             closed += 1
     return closed
 
@@ -662,18 +902,20 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
     tracker = _tracker(f"sweep-{spec.name}", settings)
     parent_id = tracker.parent(name, name, {"sweep": spec.name, "space": str(spec.path),
                                             "n_trials": n_trials})
-    _close_orphan_runs(study, tracker)
-    settings_json = json.dumps({"space": str(spec.path), "settings": asdict(settings),
-                                "parent_id": parent_id, "n_trials": n_trials})
-    if settings.workers <= 1:
+    _close_orphan_runs(study, tracker, parent_id)
+    job = {"space": str(spec.path), "settings": asdict(settings), "parent_id": parent_id, "n_trials": n_trials}
+    if _finished_count(study) >= n_trials:
+        pass  # done already: no worker to start (each costs seconds of imports)
+    elif settings.workers <= 1:
         SweepWorker(spec, settings, parent_id, n_trials).run()
     else:
-        procs = [subprocess.Popen([sys.executable, "-m", "harness.runner", "sweep-worker", settings_json])
-                 for _ in range(settings.workers)]
+        procs = [subprocess.Popen([sys.executable, "-m", "harness.runner", "sweep-worker",
+                                   json.dumps({**job, "worker": k})])
+                 for k in range(settings.workers)]
         codes = [p.wait() for p in procs]
         if any(codes):
             print(f"warning: sweep workers exited with {codes}", file=sys.stderr)
-    _close_orphan_runs(study, tracker)
+    _close_orphan_runs(study, tracker, parent_id)
     summary = sweep_summary(study, spec)
     tracker.log_text(parent_id, json.dumps(summary, indent=2), "sweep_summary.json")
     if _finished_count(study) >= n_trials:
@@ -759,7 +1001,8 @@ def _worker_main(argv: Sequence[str]) -> int:
         spec = load_table(payload["table"])
         RowWorker(spec, settings, payload["study"], payload["parent_id"]).run()
     elif kind == "sweep-worker":
-        SweepWorker(load_sweep(payload["space"]), settings, payload["parent_id"], payload["n_trials"]).run()
+        SweepWorker(load_sweep(payload["space"]), settings, payload["parent_id"], payload["n_trials"],
+                    int(payload.get("worker", 0))).run()
     else:
         raise SystemExit(f"unknown worker kind {kind!r}")
     return 0

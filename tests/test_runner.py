@@ -1,0 +1,446 @@
+"""The Optuna runner (harness/runner.py) on the built-in SYNTHETIC demo dataset.
+
+Tables: one MLflow parent and one child per row, nothing recomputed on a second run,
+`table_from_mlflow` equal to the run, missing rows as `missing: ...` (never a number) and
+logged once, Fig. 8 for a sensitivity table, the same results from 2 worker processes.
+Sweeps: n trials under one parent, a rerun adds none, multi-objective, a worker killed
+mid-trial (its trial failed and retried, its MLflow run closed), spec errors naming the
+file. Every test writes its own SQLite databases under tmp_path; the demo cache is built
+once per session (conftest.py: demo_cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.config import ConfigError
+from harness.runner import (
+    Settings,
+    effective_spec,
+    load_sweep,
+    row_configs,
+    run_sweep,
+    run_table,
+    table_from_mlflow,
+)
+from harness.tables import Missing, load_table
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SWEEP = REPO / "experiments" / "sweeps" / "demo.yaml"
+PROVENANCE_TAGS = ("table", "row", "config_hash", "cache_fingerprint", "git_commit",
+                   "package_versions", "dataset")
+
+
+SettingsFor = Callable[..., Settings]  # (root folder, **other Settings fields) -> Settings
+
+
+@pytest.fixture(scope="session")
+def settings_for(demo_cache: Path, mlflow_db_template: Path) -> SettingsFor:
+    """Settings on the demo writing under a folder; its MLflow store starts as a copy of
+    the session's empty, migrated one (creating a store takes about 9 s)."""
+
+    def make(root: Path, **kw: Any) -> Settings:
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "mlflow.db").exists():
+            shutil.copy(mlflow_db_template, root / "mlflow.db")
+        return Settings(
+            demo=True, cache_dir=str(demo_cache), storage=f"sqlite:///{root}/optuna.db",
+            tracking_uri=f"sqlite:///{root}/mlflow.db", out_dir=str(root), **kw,
+        )
+
+    return make
+
+
+def client(settings: Settings) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(settings.tracking_uri)
+
+
+def runs_of(settings: Settings, experiment: str) -> tuple[list[Any], list[Any]]:
+    """(parents, children) of an MLflow experiment."""
+    c = client(settings)
+    exp = c.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("granalign.kind") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def artifact_paths(settings: Settings, run_id: str, path: str | None = None) -> set[str]:
+    out: set[str] = set()
+    for f in client(settings).list_artifacts(run_id, path):
+        if f.is_dir:
+            out |= artifact_paths(settings, run_id, f.path)
+        else:
+            out.add(f.path)
+    return out
+
+
+def ours_cells(md: str, n_columns: int) -> dict[str, list[str]]:
+    """Row name -> our cells (every third cell after the row name) of a rendered table."""
+    out = {}
+    for line in md.splitlines():
+        if not line.startswith("| ") or line.startswith("| Row") or line.startswith("|---"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name = cells[0].replace(" \\*", "")
+        out[name] = [cells[1 + 3 * k] for k in range(n_columns)]
+    return out
+
+
+# -- tables --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def table3(tmp_path_factory: pytest.TempPathFactory, settings_for: SettingsFor) -> tuple[Settings, Any, Any]:
+    """Table 3 on the demo, run twice: (settings, first run, second run)."""
+    settings = settings_for(tmp_path_factory.mktemp("table3"))
+    first = run_table("3", settings, echo=False)
+    second = run_table("3", settings, echo=False)
+    return settings, first, second
+
+
+def test_table3_computes_and_logs_parent_and_children(table3: tuple[Settings, Any, Any]) -> None:
+    settings, run, _ = table3
+    assert run.computed == 10 and run.reused == 0
+    assert len(run.results) == 10
+    assert not any(isinstance(r, Missing) for r in run.results.values())
+    assert all(0.0 <= r["MR-full-mAP"] <= 100.0 for r in run.results.values())
+
+    parents, children = runs_of(settings, "table-3")
+    assert len(parents) == 1 and parents[0].info.run_id == run.parent_run_id
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 10
+    assert {c.data.tags["row"] for c in children} == set(run.results)
+    spec = load_table("3")
+    configs = row_configs(spec, settings)
+    for child in children:
+        tags, params, metrics = child.data.tags, child.data.params, child.data.metrics
+        assert tags["mlflow.parentRunId"] == run.parent_run_id
+        assert child.info.status == "FINISHED" and tags["status"] == "ok"
+        for key in PROVENANCE_TAGS:
+            assert tags.get(key), f"tag {key} missing on row {tags.get('row')}"
+        assert tags["table"] == "3" and tags["dataset"] == "demo:val" and tags["synthetic"] == "true"
+        assert json.loads(tags["package_versions"])["optuna"]
+        # params = the row's config, every field
+        assert params == configs[tags["row"]].flat_params()
+        assert params["dataset"] == "demo:val"
+        assert params["pairing"] == str(spec.row(tags["row"]).overrides["pairing"])
+        assert tags["config_hash"] == configs[tags["row"]].hash()
+        assert metrics["MR-full-mAP"] == pytest.approx(run.results[tags["row"]]["MR-full-mAP"])
+        assert {"predictions.jsonl", "per_query.csv"} <= artifact_paths(settings, child.info.run_id)
+    # the rendered table is on the parent and on disk
+    assert {"table3.md", "table3.csv", "table3.tex"} <= artifact_paths(settings, run.parent_run_id)
+    assert (Path(settings.out_dir) / "tables" / "table3-demo.md").read_text() == run.rendered["md"]
+    assert "SYNTHETIC" in run.rendered["md"]
+
+
+def test_table3_second_run_computes_nothing(table3: tuple[Settings, Any, Any]) -> None:
+    settings, first, second = table3
+    assert second.computed == 0 and second.reused == 10
+    assert second.results == first.results
+    assert second.rendered == first.rendered
+    assert second.parent_run_id == first.parent_run_id
+    parents, children = runs_of(settings, "table-3")
+    assert len(parents) == 1 and len(children) == 10
+
+
+def test_table_from_mlflow_renders_the_same(table3: tuple[Settings, Any, Any]) -> None:
+    settings, run, _ = table3
+    assert table_from_mlflow("3", settings, echo=False) == run.rendered
+
+
+def test_missing_rows_say_why_and_are_logged_once(tmp_path: Path, settings_for: SettingsFor) -> None:
+    # the demo has no MiniGPT-v2 captions, and MiniGPT-v2 has no query-aware mode
+    settings = settings_for(tmp_path, overrides={"captions": "minigptv2"})
+    run = run_table("3", settings, echo=False)
+    assert run.computed == 0
+    assert all(isinstance(r, Missing) for r in run.results.values())
+    spec = load_table("3")
+    cells = ours_cells(run.rendered["md"], len(spec.columns))
+    assert set(cells) == set(run.results)
+    for row, ours in cells.items():
+        for cell in ours:
+            assert cell.startswith("missing: "), (row, cell)
+            assert "captions_agnostic/minigptv2" in cell or "captions_aware/minigptv2" in cell
+            assert not any(ch.isdigit() for ch in cell.replace("minigptv2", "")), (row, cell)
+    assert "missing: captions_aware/minigptv2" in cells["q-Cq"][0]
+    assert cells["q-Ca"][0] == "missing: captions_agnostic/minigptv2"
+    assert "captions=minigptv2" in run.rendered["md"]
+
+    run_table("3", settings, echo=False)  # again: the missing rows are not logged twice
+    parents, children = runs_of(settings, "table-3")
+    assert len(parents) == 1 and len(children) == 10
+    assert all(c.data.tags["status"] == "missing" for c in children)
+    assert all(c.data.tags["missing"].startswith("missing: ") for c in children)
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert table_from_mlflow("3", settings, echo=False)["md"] == run.rendered["md"]
+
+
+def test_override_that_every_row_sets_is_not_claimed(demo_cache: Path) -> None:
+    # Table 6's rows set captions: blip2 themselves; --set captions=... does not apply to them
+    settings = Settings(demo=True, cache_dir=str(demo_cache), overrides={"captions": "minigptv2"})
+    note = effective_spec(load_table("6"), settings).note or ""
+    assert "Not applied: captions=minigptv2" in note
+    assert "run with captions=minigptv2" not in note
+
+
+@pytest.fixture(scope="module")
+def table_c2(tmp_path_factory: pytest.TempPathFactory, settings_for: SettingsFor) -> tuple[Settings, Any]:
+    settings = settings_for(tmp_path_factory.mktemp("tableC2"))
+    return settings, run_table("C2", settings, echo=False)
+
+
+def test_sensitivity_table_writes_fig8(table_c2: tuple[Settings, Any]) -> None:
+    settings, run = table_c2
+    assert run.computed == 5
+    png = Path(settings.out_dir) / "tables" / "tableC2-demo.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert "plots/tableC2-demo.png" in artifact_paths(settings, run.parent_run_id)
+
+
+def test_two_table_workers_give_the_same_results(tmp_path: Path, settings_for: SettingsFor,
+                                                 table_c2: tuple[Settings, Any]) -> None:
+    _, single = table_c2
+    settings = settings_for(tmp_path, workers=2, artifacts=False)
+    run = run_table("C2", settings, echo=False)
+    assert run.computed == 5
+    assert run.results == single.results
+    _, children = runs_of(settings, "table-C2")
+    rows = [c.data.tags["row"] for c in children]
+    assert sorted(rows) == sorted(single.results), "a row computed twice or not at all"
+
+    import optuna
+
+    study = optuna.load_study(study_name=run.study, storage=settings.storage)
+    done = [t.params["row"] for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(done) == sorted(single.results)
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+def sweep_study(settings: Settings, summary: dict[str, Any]) -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=summary["study"], storage=settings.storage)
+
+
+def finished(study: Any) -> list[Any]:
+    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def test_sweep_runs_n_trials_under_one_parent_and_resumes(tmp_path: Path, settings_for: SettingsFor) -> None:
+    settings = settings_for(tmp_path)
+    summary = run_sweep(DEMO_SWEEP, settings, n_trials=6, echo=False)
+    study = sweep_study(settings, summary)
+    assert len(finished(study)) == 6 and len(study.trials) == 6
+    assert summary["best"] and summary["best"][0]["values"][0] > 0
+
+    parents, children = runs_of(settings, "sweep-demo")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    by_trial = {int(c.data.tags["trial"]): c for c in children}
+    assert sorted(by_trial) == [t.number for t in study.trials]
+    for t in study.trials:
+        child = by_trial[t.number]
+        assert t.user_attrs["mlflow_run_id"] == child.info.run_id
+        assert child.data.tags["status"] == ("pruned" if t.state.name == "PRUNED" else "ok")
+        for name, value in t.params.items():
+            assert float(child.data.params[name]) == pytest.approx(float(value))
+        if t.state.name == "COMPLETE":
+            assert child.data.metrics["MR-full-mAP"] == pytest.approx(t.value)
+
+    again = run_sweep(DEMO_SWEEP, settings, n_trials=6, echo=False)
+    assert again["study"] == summary["study"]
+    assert len(sweep_study(settings, again).trials) == 6
+    parents, children = runs_of(settings, "sweep-demo")
+    assert len(parents) == 1 and len(children) == 6
+
+
+def test_sweep_with_two_workers_stops_at_n_trials(tmp_path: Path, settings_for: SettingsFor) -> None:
+    # with Optuna's MaxTrialsCallback each worker starts one more trial while the other
+    # runs its last one; the runner's storage refuses trials beyond the budget instead
+    settings = settings_for(tmp_path, workers=2)
+    summary = run_sweep(DEMO_SWEEP, settings, n_trials=7, echo=False)
+    study = sweep_study(settings, summary)
+    assert len(finished(study)) == 7 and len(study.trials) == 7, summary["trials"]
+    first: dict[int, dict[str, Any]] = {}  # worker pid -> params of its first trial
+    for t in study.trials:
+        first.setdefault(t.user_attrs["worker"]["pid"], t.params)
+    assert len(first) == 2
+    a, b = first.values()
+    assert a != b, "both workers sampled the same parameters (same sampler seed)"
+    _, children = runs_of(settings, "sweep-demo")
+    assert len(children) == 7 and all(c.info.status == "FINISHED" for c in children)
+
+
+def test_multi_objective_sweep(tmp_path: Path, settings_for: SettingsFor) -> None:
+    spec = yaml.safe_load(DEMO_SWEEP.read_text())
+    spec.update(name="demo-multi", base=str(DEMO_SWEEP.parent / spec["base"]),
+                objectives=[{"metric": "MR-full-mAP", "direction": "maximize"},
+                            {"metric": "MR-full-R1@0.5", "direction": "maximize"}])
+    path = tmp_path / "multi.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    settings = settings_for(tmp_path)
+    summary = run_sweep(path, settings, n_trials=4, echo=False)
+    study = sweep_study(settings, summary)
+    assert len(study.directions) == 2
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # no pruning when multi
+    assert all(len(t.values) == 2 for t in study.trials)
+    assert summary["best"] and all(len(b["values"]) == 2 for b in summary["best"])
+    _, children = runs_of(settings, "sweep-demo-multi")
+    assert len(children) == 4
+    assert all("MR-full-R1_at_0.5" in c.data.metrics for c in children)
+
+
+def test_real_sweep_specs_load() -> None:
+    single = load_sweep(REPO / "experiments" / "sweeps" / "granalign_qvh.yaml")
+    assert single.objectives == (("MR-full-mAP", "maximize"),)
+    assert set(single.space) == {"lam", "gap", "n", "tau", "top_k"}
+    assert single.pruner and single.pruner["type"] == "median"
+    assert single.base_config().dataset == "qvhighlights:val"
+    assert single.base_config().captions == "minigptv2"
+    multi = load_sweep(REPO / "experiments" / "sweeps" / "granalign_qvh_multi.yaml")
+    assert multi.objectives == (("MR-full-mAP", "maximize"), ("MR-full-R1@0.5", "maximize"))
+    assert set(multi.space) == set(single.space)
+    demo = load_sweep(DEMO_SWEEP)
+    assert demo.base_config().dataset == "demo:val"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"samplr": {"type": "tpe"}}, "unknown key(s) samplr"),
+        ({"space": {"lambda": {"type": "float", "low": 0.0, "high": 1.0}}}, "'lambda' is not a config key"),
+        ({"space": {"lam": {"type": "uniform", "low": 0.0, "high": 1.0}}}, "space.lam needs type"),
+        ({"objectives": [{"metric": "MR-full-mAP", "direction": "up"}]}, "direction must be"),
+        ({"overrides": {"lamda": 0.2}}, "unknown config key(s) lamda"),
+    ],
+)
+def test_bad_sweep_spec_names_the_file(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    spec = yaml.safe_load(DEMO_SWEEP.read_text())
+    spec["base"] = str(DEMO_SWEEP.parent / spec["base"])
+    spec.update(change)
+    path = tmp_path / "bad_sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_bad_sweep_spec_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    path = tmp_path / "typo.yaml"
+    path.write_text("name: x\nbase: nowhere.yaml\nobjectives: [{metric: MR-full-mAP}]\nspace: {}\nprunner: {}\n")
+    assert main(["sweep", str(path), "--demo", "--n-trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "prunner" in err
+
+
+# -- a worker killed mid-trial, then a resume ------------------------------------------------------
+def _running_trials(url: str) -> list[Any]:
+    """RUNNING trials of the one study in `url`, read without creating any table (the
+    sweep process creates them; two creators could collide)."""
+    import optuna
+
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if not names:
+            return []
+        study = optuna.load_study(study_name=names[0], storage=storage)
+        return [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    except Exception:  # not created yet
+        return []
+
+
+def _children_pids(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [p.pid for p in psutil.Process(pid).children()]
+    except ImportError:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.slow  # 25-55 s: three processes, slow trials, a resume
+def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: Path,
+                                                    settings_for: SettingsFor) -> None:
+    n_trials = 6
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    settings = settings_for(tmp_path)
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(DEMO_SWEEP), "--demo",
+           "--cache", str(demo_cache), "--storage", storage, "--tracking-uri", settings.tracking_uri,
+           "--out", str(tmp_path), "--workers", "2", "--n-trials", str(n_trials)]
+    env = {**os.environ, "GRANALIGN_TRIAL_DELAY": "2.5", "PYTHONWARNINGS": "ignore",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (tmp_path / "sweep.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    victim = None
+    try:
+        deadline = time.monotonic() + 60
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            workers = set(_children_pids(proc.pid))
+            for t in _running_trials(storage):
+                w = t.user_attrs.get("worker") or {}
+                if w.get("pid") in workers and "mlflow_run_id" in t.user_attrs:
+                    victim = (w["pid"], t.number)
+                    break
+        assert victim is not None, "no worker was seen running a trial:\n" + (tmp_path / "sweep.log").read_text()
+        os.kill(victim[0], signal.SIGKILL)
+        assert proc.wait(timeout=90) == 0, (tmp_path / "sweep.log").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    first_log = (tmp_path / "sweep.log").read_text()
+    # resume: the same command; it adds trials only if the first run fell short
+    again = subprocess.run(cmd, cwd=REPO, env={**env, "GRANALIGN_TRIAL_DELAY": "0"},
+                           capture_output=True, text=True, timeout=90)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    import optuna
+
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.trials
+    assert len(finished(study)) == n_trials, first_log
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    # the trial the victim was running (the one seen, unless it ended just before the kill;
+    # a retry inherits the user attrs of the trial it retries, hence worker.trial)
+    died = [t for t in trials if t.state.name not in ("COMPLETE", "PRUNED")
+            and t.user_attrs.get("worker") == {"host": socket.gethostname(), "pid": victim[0], "trial": t.number}]
+    assert len(died) == 1, [(t.number, t.state.name, t.user_attrs.get("worker")) for t in trials]
+    killed = died[0]
+    assert killed.state.name == "FAIL"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
+    assert retries[0].params == killed.params
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+
+    parents, children = runs_of(settings, "sweep-demo")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    status = {c.info.run_id: c.info.status for c in children}
+    assert status[killed.user_attrs["mlflow_run_id"]] == "KILLED"
+    assert set(status.values()) <= {"FINISHED", "KILLED"}
+    assert len([s for s in status.values() if s == "FINISHED"]) == n_trials
