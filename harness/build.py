@@ -859,3 +859,39 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     add_cache_arg(b)
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)
+
+
+def efficiency_summary(cache: Cache, cfg: Any, n_queries: int) -> dict[str, float] | Any:
+    """Table 4's InT (s per query) and GMU (GB) for a run config, from recorded timings.
+
+    Sums the time per query of the online stages the config reads (its rewriter, frame
+    filter and aware captioner) and takes their largest peak memory. A stage without a
+    timing record makes the cell `missing: timings/<stage>/<backend>`: the numbers exist
+    only where `granalign cache build` ran on this cache.
+    """
+    from harness.producers import caption_producer, frame_filter_producer, rewrite_producer
+    from harness.tables import Missing
+
+    try:
+        wanted = [
+            rewrite_producer(cfg.rewriter, cfg.rewriter_model, cfg.instruction_pair),
+            frame_filter_producer(cfg.frame_filter, cfg.frame_filter_model),
+            caption_producer(cfg.captions, "aware", cfg.caption_model),
+        ]
+    except ValueError as e:
+        return Missing(f"missing: timings ({e})")
+    rows = efficiency_rows(cache)
+    total, peak = 0.0, None
+    for p in wanted:
+        match = [r for r in rows if (r["stage"], r["backend"], r["model"]) == (p.stage, p.backend, p.model)
+                 and r.get("s_per_query") is not None]
+        if not match:
+            return Missing(f"missing: timings/{p.stage}/{p.backend}")
+        total += sum(r["s_per_query"] for r in match)
+        peaks = [r["peak_mem_gb"] for r in match if r.get("peak_mem_gb") is not None]
+        if peaks:
+            peak = max(peaks + ([peak] if peak is not None else []))
+    out = {"InT_s": round(total, 3)}
+    if peak is not None:
+        out["GMU_GB"] = round(peak, 2)
+    return out

@@ -258,11 +258,13 @@ def _primary_metric(spec: TableSpec) -> str:
     return next(iter(spec.columns.values()))
 
 
-def _missing_of(err: Exception) -> Missing:
+def _missing_of(err: Exception, dataset: str) -> Missing:
     if isinstance(err, MissingInputs):
         return Missing(err.label)
+    if isinstance(err, DataError) and "missing data file" in str(err):
+        return Missing(f"missing: dataset {dataset}")
     if isinstance(err, DataError):
-        return Missing(f"missing: data ({err})")
+        return Missing(f"error: {err}")
     return Missing(f"missing: {err}")
 
 
@@ -436,7 +438,7 @@ def run_table(table: str, settings: Settings, echo: bool = True) -> TableRun:
         try:
             pool.get(cfg)
         except (MissingInputs, DataError) as e:
-            missing[row] = _missing_of(e)
+            missing[row] = _missing_of(e, cfg.dataset)
     done = _completed_rows(study, configs)
     todo = [r for r in configs if r not in missing and r not in done]
     waiting = {t.params.get("row") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}

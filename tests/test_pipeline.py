@@ -22,10 +22,9 @@ N_REAL = 40  # QVHighlights val queries in the real-data subset (fast enough for
 
 
 @pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    from harness.demo import ensure_demo_cache
-
-    return ensure_demo_cache(tmp_path_factory.mktemp("demo") / "cache")
+def demo(demo_cache: Path) -> Cache:
+    """The session's demo cache (conftest builds it once)."""
+    return Cache(demo_cache)
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +42,9 @@ def real_cache(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Cac
 
 
 @pytest.mark.parametrize("pairing", PAIRINGS.names())
-def test_every_pairing_runs_on_the_demo(demo_cache: Cache, pairing: str) -> None:
+def test_every_pairing_runs_on_the_demo(demo: Cache, pairing: str) -> None:
     cfg = load_config(REPO / "experiments" / "demo.yaml", {"pairing": pairing})
-    prep = InputPool(demo_cache).get(cfg)
+    prep = InputPool(demo).get(cfg)
     metrics = brief(trial(prep, cfg))
     assert len(prep.queries) == 48
     for key in ("MR-full-R1@0.5", "MR-full-mAP", "HL-min-VeryGood-mAP"):
@@ -54,16 +53,16 @@ def test_every_pairing_runs_on_the_demo(demo_cache: Cache, pairing: str) -> None
     assert metrics["MR-full-R1@0.3"] > 50.0
 
 
-def test_pairing_written_as_a_yaml_list(demo_cache: Cache) -> None:
+def test_pairing_written_as_a_yaml_list(demo: Cache) -> None:
     named = load_config(REPO / "experiments" / "demo.yaml", {"pairing": "qs-Ca+qd-Cq"})
     listed = named.replace(pairing=[["qs", "Ca"], ["qd", "Cq"]])
-    pool = InputPool(demo_cache)
+    pool = InputPool(demo)
     assert trial(pool.get(named), named) == trial(pool.get(listed), listed)
 
 
-def test_k_m_and_fallback_change_the_scores(demo_cache: Cache) -> None:
+def test_k_m_and_fallback_change_the_scores(demo: Cache) -> None:
     base = load_config(REPO / "experiments" / "demo.yaml", {"pairing": "qd-Cq"})
-    pool = InputPool(demo_cache)
+    pool = InputPool(demo)
     prep = pool.get(base)
     from harness.recipes import predict
 
@@ -79,10 +78,10 @@ def test_k_m_and_fallback_change_the_scores(demo_cache: Cache) -> None:
     assert not np.allclose(m1, m3)
 
 
-def test_run_cli_on_the_demo_writes_outputs_and_eval_agrees(tmp_path: Path, demo_cache: Cache, capsys) -> None:
+def test_run_cli_on_the_demo_writes_outputs_and_eval_agrees(tmp_path: Path, demo: Cache, capsys) -> None:
     out = tmp_path / "run"
     rc = main(["run", str(REPO / "experiments" / "demo.yaml"), "--out", str(out),
-               "--cache", str(demo_cache.root)])
+               "--cache", str(demo.root)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "SYNTHETIC" in printed
