@@ -66,8 +66,8 @@ from harness.producers import (
     video_query_item,
 )
 
-STAGES = ("frames", "rewrite", "frame_filter", "captions_agnostic", "captions_aware")
-RUN_ORDER = ("frames", "rewrite", "captions_agnostic", "frame_filter", "captions_aware")
+STAGES = ("frames", "rewrite", "frame_filter", "captions_agnostic", "captions_aware", "embeddings")
+RUN_ORDER = ("frames", "rewrite", "captions_agnostic", "frame_filter", "captions_aware", "embeddings")
 OPTION_GROUPS = ("frames", "rewrite", "frame_filter", "captions")
 CRASH_ENV = "GRANALIGN_BUILD_CRASH_AFTER"
 FRAME_TIMINGS = "frame_timings.jsonl"
@@ -109,6 +109,8 @@ class BuildConfig:
     limit: int | None = None
     data_root: str | None = None
     k_max: int = K_MAX
+    embedder: str = "minilm"
+    embedder_model: str | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: bool = True
 
@@ -484,6 +486,20 @@ class CacheBuilder:
                 self.report.stages.append(rep)
         return self.report
 
+    def stage_embeddings(self) -> StageReport:
+        """Embed every text list a run of this shard reads, so `granalign run` needs no
+        other step after a build (the same work as `granalign cache embed`)."""
+        from harness.embed import build_embedder, embed_dataset
+
+        embedder = build_embedder({"type": self.cfg.embedder, "model": self.cfg.embedder_model},
+                                  device=self.cfg.device)
+        shard = Dataset(self.name, tuple(self.queries), self.dataset.source)
+        report = embed_dataset(self.cache, shard, embedder, progress=self.cfg.progress)
+        rep = StageReport("embeddings", items=report.lists)
+        rep.cached = report.already_cached
+        rep.done = report.embedded
+        return rep
+
     def stage_frames(self) -> StageReport:
         rep = StageReport("frames", items=len(self.videos))
         todo = [v for v in self.videos if not self.source.has(v)]
@@ -785,7 +801,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         fallback_decoder=None if args.fallback_decoder in ("", "none") else args.fallback_decoder,
         frames_dir=args.frames_dir, max_side=args.max_side or None, device=args.device,
         dtype=args.dtype, batch_size=args.batch_size, shard=args.shard, limit=args.limit,
-        data_root=args.data_root, k_max=args.k_max, options=_parse_options(args.opt),
+        data_root=args.data_root, k_max=args.k_max, embedder=args.embedder,
+        embedder_model=args.embedder_model, options=_parse_options(args.opt),
         progress=not args.no_progress,
     )
 
@@ -825,6 +842,8 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--data-root", default=None, help="benchmark files folder ($GRANALIGN_DATA)")
     p.add_argument("--videos", default=None, help="folder of <vid>.mp4/.mkv/.webm/.avi")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list (default all): {','.join(STAGES)}")
+    p.add_argument("--embedder", default="minilm", help="text embedder for the embeddings stage")
+    p.add_argument("--embedder-model", default=None, help="embedder model id or folder (default: the local MiniLM)")
     p.add_argument("--rewriter", default="hf-causal-lm", help="rewriter backend name")
     p.add_argument("--rewriter-model", default=DEFAULT_REWRITER_MODEL,
                    help="hub id, local folder or .gguf file")

@@ -190,14 +190,15 @@ def test_build_every_stage_through_cli(world: World, reference: Run) -> None:
 def test_efficiency_rows_and_bench(reference: Run, capsys: pytest.CaptureFixture[str]) -> None:
     rows = efficiency_rows(Cache(reference.cache, readonly=True))
     stages = [r["stage"] for r in rows]
-    assert stages == ["frames", "variants", "frame_scores", "captions_agnostic", "captions_aware", "total"]
+    assert stages == ["frames", "variants", "frame_scores", "captions_agnostic", "captions_aware", "embeddings", "total"]
     by = {r["stage"]: r for r in rows}
     assert by["variants"]["items"] == 10 and by["frame_scores"]["items"] == 3
     assert by["captions_agnostic"]["queries"] == 3  # 2 videos carry 3 queries
     assert not by["captions_agnostic"]["online"] and by["captions_aware"]["online"]
-    for r in rows[1:-1]:
+    for r in rows[1:-2]:
         assert r["s_per_query"] > 0 and r["peak_mem_gb"] > 0
         assert r["device"] == "cpu" if r["stage"] == "frames" else r["device"].startswith(DEVICE)
+    assert by["embeddings"]["wall_s"] > 0  # embed_dataset records time, not memory
     online = [by[s]["s_per_query"] for s in ("variants", "frame_scores", "captions_aware")]
     assert by["total"]["s_per_query"] == pytest.approx(sum(online))
     assert "total" in reference.out  # --bench printed the table
@@ -218,7 +219,7 @@ def test_rerun_does_only_what_is_missing(world: World, reference: Run, tmp_path:
     )
     builder = CacheBuilder(config, Cache(cache_dir), log=io.StringIO())
     report = builder.run()
-    assert [s.done for s in report.stages] == [0, 0, 0, 0, 0]
+    assert [s.done for s in report.stages] == [0, 0, 0, 0, 0, 0]
     assert all(getattr(b, "_model", None) is None for b in builder._backends.values())  # nothing loaded
     assert entries(cache_dir) == before and len(Cache(cache_dir).timings()) == timings
 
@@ -287,3 +288,38 @@ def test_cli_errors_name_the_problem(world: World, tmp_path: Path) -> None:
     assert rc == 2 and "needs --videos" in err
     rc, _, err = run_main(build_args(world, tmp_path / "c", "--opt", "bogus.x=1"))
     assert rc == 2 and "unknown option group" in err
+
+
+def test_build_then_run_reads_every_pairing(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build of every stage (embeddings included) feeds `granalign run` for every pairing,
+    `Cq`, `qs` and `qd` included, with no other step. A random LLM never writes a parseable
+    list, so its answer is replaced (the rest of the rewriter's code path runs as is)."""
+    from harness.backends.rewrite import HFCausalLMRewriter
+    from harness.scoring import PAIRINGS
+
+    def answer(self: object, instructions: list[str], sample: bool = False, seed: int = 0) -> list[str]:
+        out = []
+        for text in instructions:
+            kind = "simple" if "simplif" in text.lower() or "simple" in text.lower() else "detailed"
+            out.append(json.dumps([f"{kind} rewrite number {k} of the moment" for k in range(5)]))
+        return out
+
+    monkeypatch.setattr(HFCausalLMRewriter, "generate", answer)
+    cache = tmp_path / "cache"
+    rc, out, err = run_main(build_args(world, cache, "--pairs", "1"))
+    assert rc == 0, err
+    m = world.models
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"base: {REPO / 'experiments' / 'granalign_qvh.yaml'}\n"
+        f"caption_model: {m.qwen_vl}\nframe_filter_model: {json.dumps(m.clip_spec)}\n"
+        f"rewriter_model: {m.llama}\nlimit: 3\n",  # the three queries whose videos decode
+        encoding="utf-8",
+    )
+    for pairing in [p for p in PAIRINGS.names() if not p.startswith("qp")]:  # qp: imported only
+        rc, out, err = run_main(["run", str(config), "--set", f"pairing={pairing}", "--cache", str(cache),
+                                 "--data-root", str(world.data_root), "--out", str(tmp_path / pairing)])
+        assert rc == 0, f"{pairing}: {err}"
+        rows = [json.loads(x) for x in (tmp_path / pairing / "predictions.jsonl").read_text().splitlines()]
+        assert [r["qid"] for r in rows] == [1, 2, 3]
+        assert all(r["pred_relevant_windows"] for r in rows)
