@@ -266,7 +266,7 @@ def prepare(
             missing.append(Missing(stage, spec.captions, len(queries), len(queries), "queries", str(e)))
             continue
         items = [kind.item(name, q) for q in queries]
-        fetch(f"c:{c}", producer, items, "queries" if kind.per_query else "videos' queries")
+        fetch(f"c:{c}", producer, items, "queries")
     if missing:
         raise MissingInputs(missing, name)
 
