@@ -151,9 +151,13 @@ def _storage_class() -> Any:
 def rdb_storage(url: str, **kwargs: Any) -> Any:
     """Optuna's RDBStorage for `url`, locked across processes on SQLite (see _storage_class)."""
     _optuna()
-    storage = _storage_class()(url, **kwargs)
     lock = _sqlite_lock_path(url)
-    storage.lock_path = lock.resolve() if lock is not None else None
+    path = lock.resolve() if lock is not None else None
+    # creating a fresh database's schema from two processes at once fails on SQLite
+    # (UNIQUE constraint on alembic_version): the first one creates it under the lock
+    with _file_lock(path):
+        storage = _storage_class()(url, **kwargs)
+    storage.lock_path = path
     return storage
 
 

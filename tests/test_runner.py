@@ -354,12 +354,14 @@ def test_bad_sweep_spec_on_the_command_line(tmp_path: Path, capsys: pytest.Captu
 
 # -- a worker killed mid-trial, then a resume ------------------------------------------------------
 def _running_trials(url: str) -> list[Any]:
-    """RUNNING trials of the one study in `url`, read without creating any table (the
-    sweep process creates them; two creators could collide)."""
+    """RUNNING trials of the one study in `url`, through the runner's storage, which
+    creates a fresh database's schema under the same lock as the sweep process."""
     import optuna
 
+    from harness.runner import rdb_storage
+
     try:
-        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        storage = rdb_storage(url)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if not names:
             return []
@@ -395,7 +397,7 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
                             start_new_session=True)
     victim = None
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while victim is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.3)
             workers = set(_children_pids(proc.pid))
@@ -406,7 +408,7 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
                     break
         assert victim is not None, "no worker was seen running a trial:\n" + (tmp_path / "sweep.log").read_text()
         os.kill(victim[0], signal.SIGKILL)
-        assert proc.wait(timeout=90) == 0, (tmp_path / "sweep.log").read_text()
+        assert proc.wait(timeout=240) == 0, (tmp_path / "sweep.log").read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -415,7 +417,7 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
     first_log = (tmp_path / "sweep.log").read_text()
     # resume: the same command; it adds trials only if the first run fell short
     again = subprocess.run(cmd, cwd=REPO, env={**env, "GRANALIGN_TRIAL_DELAY": "0"},
-                           capture_output=True, text=True, timeout=90)
+                           capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stdout + again.stderr
 
     import optuna
