@@ -8,6 +8,7 @@ the same computation.
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 import typing
@@ -109,9 +110,14 @@ class ExperimentConfig:
 _FIELD_NAMES = {f.name for f in fields(ExperimentConfig)}
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """Resolved annotations, once: every config (and every sweep trial's) is checked."""
+    return typing.get_type_hints(ExperimentConfig)
+
+
 def _check_type(name: str, value: Any, annotation: Any) -> None:
-    hints = typing.get_type_hints(ExperimentConfig)
-    tp = hints[name]
+    tp = _field_types()[name]
     if not _matches(value, tp):
         raise ConfigError(f"config field {name!r} should be {_type_name(tp)}, got {value!r:.80}")
 

@@ -10,7 +10,7 @@ stage, the backend and how many items are missing, before anything is computed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -198,7 +198,6 @@ class Prepared:
     aware_rank: np.ndarray | None
     fingerprint: str
     spec: SourceSpec
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def t_max(self) -> int:
@@ -213,7 +212,7 @@ class Prepared:
             self.dataset, self.queries[:n], self.n_frames[:n],
             {k: v[:n] for k, v in self.sims.items()},
             None if self.aware_rank is None else self.aware_rank[:n],
-            self.fingerprint, self.spec, self.notes,
+            self.fingerprint, self.spec,
         )
 
 

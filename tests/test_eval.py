@@ -480,21 +480,11 @@ def test_cli_top1_dataset_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     root = fake_charades(tmp_path / "data")
     preds = tmp_path / "preds.jsonl"
     write_predictions(preds, [pred(0, [[0, 10, 1]]), pred(1, [[0, 10, 1]])])  # IoU 1 and 0.5
-    assert (
-        main(
-            [
-                "eval",
-                "--dataset",
-                "charades_sta:test",
-                "--pred",
-                str(preds),
-                "--data-root",
-                str(root),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    def run(*extra: str) -> int:
+        return main(["eval", "--dataset", "charades_sta:test", "--pred", str(preds),
+                     "--data-root", str(root), *extra])
+
+    assert run("--json") == 0
     assert json.loads(capsys.readouterr().out)["brief"] == {
         "R1@0.3": 100.0,
         "R1@0.5": 100.0,
@@ -503,18 +493,5 @@ def test_cli_top1_dataset_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     }
 
     write_predictions(preds, [pred(0, [[0, 10, 1]])])
-    assert (
-        main(
-            [
-                "eval",
-                "--dataset",
-                "charades_sta:test",
-                "--pred",
-                str(preds),
-                "--data-root",
-                str(root),
-            ]
-        )
-        == 2
-    )
+    assert run() == 2
     assert "1 of 2 GT query ids have no prediction (e.g. [1])" in capsys.readouterr().err
