@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.cache import Cache  # noqa: E402
+from harness.cache.embedders import build_embedder, embed_dataset  # noqa: E402
+from harness.cache.importers import import_captions, import_paraphrases  # noqa: E402
+from harness.cache.store import Cache  # noqa: E402
 from harness.data import load_dataset  # noqa: E402
-from harness.embed import build_embedder, embed_dataset  # noqa: E402
-from harness.importers import import_captions, import_paraphrases  # noqa: E402
 
 COLD_TARGET_S = 8 * 60
 WARM_TARGET_S = 10.0

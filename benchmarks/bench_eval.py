@@ -14,7 +14,8 @@ import statistics
 import time
 
 from harness.data import data_root, load_dataset
-from harness.eval import evaluate, load_predictions
+from harness.eval import evaluate
+from harness.eval.predictions import load_predictions
 
 
 def main() -> None:

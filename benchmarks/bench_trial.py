@@ -16,9 +16,10 @@ import statistics
 import time
 from pathlib import Path
 
-from harness.cache import Cache
+from harness.cache.store import Cache
 from harness.config import load_config
-from harness.pipeline import InputPool, brief, trial
+from harness.eval import brief
+from harness.runner.trial import InputPool, trial
 
 REPO = Path(__file__).resolve().parents[1]
 

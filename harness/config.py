@@ -1,9 +1,14 @@
 """The experiment config: one frozen, typed object per run, with a stable hash.
 
 A YAML file under `experiments/` fills it; ablation rows and sweeps apply overrides to it.
-Unknown keys and wrong types fail at load time (with the file), not deep inside a trial.
-The hash covers every field that can change a number, so MLflow runs with equal hashes are
-the same computation.
+Everything is checked when the config is built, not deep inside a trial: unknown keys,
+wrong types, every registered name (dataset, recipe, pairing, normalisation, pruning rule,
+span scorer, embedder, caption backbone, frame filter, rewriter) and every range, each
+error naming the file, the key, the value and what is valid.
+
+The hash covers the inputs (dataset, cached sources, embedder) and the method fields the
+recipe declares it reads (`Recipe.reads`), so two configs that differ only in a field the
+recipe ignores are one computation with one cached result.
 """
 
 from __future__ import annotations
@@ -17,15 +22,26 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.cache import canonical_json, sha256_hex
+from harness.build.backends import FRAME_FILTERS, REWRITERS
+from harness.cache.embedders import EMBEDDERS
+from harness.cache.producers import captioners, instruction_pairs
+from harness.core.constants import M_MAX
+from harness.core.errors import ConfigError
+from harness.core.io import canonical_json, sha256_hex
+from harness.core.registry import Registry, RegistryError
+from harness.core.yaml_io import load_yaml, parse_yaml
+from harness.data.spec import DATASETS
+from harness.method.proposals import PRUNERS, SPAN_SCORERS
+from harness.method.recipes import PROPOSAL_SOURCES, RECIPES
+from harness.method.scoring import CQ_FALLBACKS, NORMALISATIONS, resolve_pairing
 
 Pairing = str | tuple[tuple[str, str], ...]
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
+MAX_BINS = 1000  # histogram bins per curve: more is memory, not resolution (frames per video << 1000)
+# the fields that name inputs (or say which queries): always part of the hash
+INPUT_FIELDS = frozenset({
+    "dataset", "recipe", "captions", "caption_model", "frame_filter", "frame_filter_model",
+    "rewriter", "rewriter_model", "instruction_pair", "embedder", "embedder_model", "limit", "seed",
+})
 
 
 @dataclass(frozen=True)
@@ -68,16 +84,21 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
-        if not 1 <= self.m <= 5:
-            raise ConfigError(f"m must be in 1..5 (rewrites per kind), got {self.m}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError(f"lam must be in [0, 1], got {self.lam}")
-        if not 0 < self.K <= 100 or not 0 <= self.n < 100:
-            raise ConfigError(f"K must be in (0, 100] and n in [0, 100), got K={self.K}, n={self.n}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
-        if self.gap < 0 or self.top_k < 1 or self.bins < 1 or self.max_windows < 1:
-            raise ConfigError("gap >= 0, top_k >= 1, bins >= 1 and max_windows >= 1 are required")
+        for key, ok, expected in _RANGES:
+            value = getattr(self, key)
+            if value is not None and not ok(value):
+                raise ConfigError(f"key {key!r} = {value!r}: expected {expected}")
+        for key, registry in _NAMED.items():
+            _check_name(key, getattr(self, key), registry)
+        for key, choices in _CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices():
+                raise ConfigError(
+                    f"key {key!r} = {value!r} is not valid; valid: {', '.join(map(str, choices()))}")
+        try:
+            resolve_pairing(self.pairing)
+        except (RegistryError, ValueError) as e:
+            raise ConfigError(f"key 'pairing' = {self.pairing!r}: {e}") from None
 
     # -- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -88,10 +109,10 @@ class ExperimentConfig:
         return d
 
     def hash(self) -> str:
-        """sha256 (first 16 hex) over every field that can change a number."""
-        d = self.to_dict()
-        for k in ("name", "tags"):
-            d.pop(k)
+        """sha256 (first 16 hex) over every field that can change this config's numbers:
+        the inputs and the fields its recipe reads."""
+        read = INPUT_FIELDS | RECIPES.get(self.recipe).reads
+        d = {k: v for k, v in self.to_dict().items() if k in read}
         return sha256_hex(canonical_json(d))[:16]
 
     def replace(self, **overrides: Any) -> ExperimentConfig:
@@ -108,6 +129,39 @@ class ExperimentConfig:
 
 
 _FIELD_NAMES = {f.name for f in fields(ExperimentConfig)}
+
+# (key, check, what is expected) for every numeric field
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("m", lambda v: 1 <= v <= M_MAX, f"1 <= m <= {M_MAX} (the rewrites per kind the cache holds)"),
+    ("lam", lambda v: 0.0 <= v <= 1.0, "0 <= lam <= 1"),
+    ("K", lambda v: 0 < v <= 100, "0 < K <= 100 (percent of frames)"),
+    ("gap", lambda v: v >= 0, "gap >= 0 (frames)"),
+    ("n", lambda v: 0 <= v < 100, "0 <= n < 100 (percent)"),
+    ("tau", lambda v: 0.0 < v <= 1.0, "0 < tau <= 1"),
+    ("top_k", lambda v: v >= 1, "top_k >= 1"),
+    ("bins", lambda v: 1 <= v <= MAX_BINS, f"1 <= bins <= {MAX_BINS}"),
+    ("max_windows", lambda v: v >= 1, "max_windows >= 1"),
+    ("limit", lambda v: v >= 1, "limit >= 1 (first N queries) or null (all)"),
+)
+# key -> the registry whose names it takes
+_NAMED: dict[str, Registry[Any]] = {
+    "dataset": DATASETS, "recipe": RECIPES, "normalisation": NORMALISATIONS, "prune": PRUNERS,
+    "span_score": SPAN_SCORERS, "embedder": EMBEDDERS, "frame_filter": FRAME_FILTERS,
+}
+# key -> its valid values (functions: read when checked, after every module registered)
+_CHOICES: dict[str, Any] = {
+    "captions": lambda: sorted(captioners()),
+    "rewriter": lambda: REWRITERS.names(),
+    "instruction_pair": lambda: sorted(instruction_pairs()),
+    "proposals_from": lambda: PROPOSAL_SOURCES,
+    "cq_fallback": lambda: CQ_FALLBACKS,
+}
+
+
+def _check_name(key: str, value: str, registry: Registry[Any]) -> None:
+    if value not in registry:
+        raise ConfigError(
+            f"key {key!r} = {value!r} is not a registered {registry.kind}; valid: {', '.join(registry.names())}")
 
 
 @functools.cache
@@ -196,10 +250,9 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' chain loops")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    data = load_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping of config keys")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     base = data.pop("base", None)
@@ -215,5 +268,5 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} should look like key=value")
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), parse_yaml(raw, f"override {text!r}")
 

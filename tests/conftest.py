@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import toy_dataset  # noqa: F401 (registers toy:val)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("GRANALIGN_DATA") or REPO.parent / "shared" / "data").resolve()
 
@@ -30,7 +32,7 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     GRANALIGN_TEST_DEMO_CACHE names a folder to reuse across sessions (it is built there
     on first use); otherwise a session temp folder is used."""
-    from harness.demo import ensure_demo_cache
+    from harness.cache.demo import ensure_demo_cache
 
     reuse = os.environ.get("GRANALIGN_TEST_DEMO_CACHE")
     path = Path(reuse) if reuse else tmp_path_factory.mktemp("demo-cache")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.backends import (
+from harness.build.backends import (
     CAPTIONERS,
     DECODERS,
     FRAME_FILTERS,
@@ -25,18 +25,15 @@ from harness.backends import (
     VideoError,
     candidate_frames,
     frame_times,
-    load_backends,
 )
-from harness.backends import testing as tiny
-from harness.backends.base import resolve_device
-from harness.backends.entities import extract_key_elements
-from harness.backends.frames import FrameSource, FrameStore, find_video
-from harness.backends.rewrite import RewriteParseError, parse_rewrites
-from harness.cache import Cache
-from harness.producers import FRAME_FILTER_MODELS, caption_producer, rewrite_producer
-from harness.registry import RegistryError
-
-load_backends()
+from harness.build.backends import testing as tiny
+from harness.build.backends.base import resolve_device
+from harness.build.backends.entities import extract_key_elements
+from harness.build.backends.frames import FrameSource, FrameStore, find_video
+from harness.build.backends.rewrite import RewriteParseError, parse_rewrites
+from harness.cache.producers import FRAME_FILTER_MODELS, caption_producer, rewrite_producer
+from harness.cache.store import Cache
+from harness.core.registry import RegistryError
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 SCENES = [RED, RED, GREEN, GREEN, BLUE, BLUE]  # 2 s each: 12 s, frames at 1, 3, ..., 11 s

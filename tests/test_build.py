@@ -22,19 +22,17 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.backends import candidate_frames
-from harness.backends import testing as tiny
-from harness.build import (
+from harness.build.backends import candidate_frames
+from harness.build.backends import testing as tiny
+from harness.build.builder import (
     CRASH_ENV,
     BuildConfig,
     CacheBuilder,
-    efficiency_rows,
     shard_of,
     shard_queries,
 )
-from harness.cache import Cache
-from harness.data import load_dataset
-from harness.producers import (
+from harness.build.metering import efficiency_rows
+from harness.cache.producers import (
     caption_producer,
     frame_filter_producer,
     query_item,
@@ -42,6 +40,8 @@ from harness.producers import (
     video_item,
     video_query_item,
 )
+from harness.cache.store import Cache
+from harness.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 R, G, B, Y = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
@@ -161,9 +161,9 @@ def test_build_every_stage_through_cli(world: World, reference: Run) -> None:
             assert e.status == "failed" and e.meta["attempts"] == {"qs": 2, "qd": 2}
             assert len(e.meta["raw"]["qs"]) == 2 and "expected 5 rewrites" in e.meta["error"]["qd"]
     for q in ds.queries:
-        scores = cache.get(p["frame_filter"], video_query_item(ds.name, q))
-        aware = cache.get(p["aware"], video_query_item(ds.name, q))
-        agnostic = cache.get(p["agnostic"], video_item(ds.name, q.vid))
+        scores = cache.get(p["frame_filter"], video_query_item(ds.family, q))
+        aware = cache.get(p["aware"], video_query_item(ds.family, q))
+        agnostic = cache.get(p["agnostic"], video_item(ds.family, q.vid))
         if q.vid not in FRAMES:  # missing / undecodable: nothing written
             assert scores is None and aware is None and agnostic is None
             continue
@@ -226,7 +226,7 @@ def test_rerun_does_only_what_is_missing(world: World, reference: Run, tmp_path:
 
 def test_crash_midway_then_rerun_equals_uninterrupted(world: World, reference: Run, tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    env = {**os.environ, CRASH_ENV: "frame_filter:3"}  # vidA's 2 queries commit, vidB's dies
+    env = {**os.environ, CRASH_ENV: "frame_scores:3"}  # vidA's 2 queries commit, vidB's dies
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", *build_args(world, cache_dir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
@@ -238,7 +238,7 @@ def test_crash_midway_then_rerun_equals_uninterrupted(world: World, reference: R
     assert rc == 0, err
     assert entries(cache_dir) == entries(reference.cache)
     lines = {ln.split()[0]: ln for ln in out.splitlines()[1:6]}
-    assert " 0 done" in lines["rewrite"] and " 1 done" in lines["frame_filter"]
+    assert " 0 done" in lines["variants"] and " 1 done" in lines["frame_scores"]
 
 
 def test_two_shards_equal_one_unsharded_build(world: World, reference: Run, tmp_path: Path) -> None:
@@ -259,6 +259,7 @@ def test_caption_text_stand_in_from_stored_frames(world: World, reference: Run, 
     cache_dir = tmp_path / "cache"
     shutil.copytree(reference.cache, cache_dir)
     args = [a for a in build_args(world, cache_dir) if a not in ("--videos", str(world.videos))]
+    # `frame_filter` is the builder's old name of the stage frame_scores: still accepted
     rc, out, err = run_main([*args, "--stages", "frame_filter,captions_aware", "--frame-filter", "caption-text"])
     assert rc == 0, err
     assert "STAND-IN" in out and "no agnostic captions" in out + err
@@ -267,12 +268,12 @@ def test_caption_text_stand_in_from_stored_frames(world: World, reference: Run, 
     ff = frame_filter_producer("caption-text")
     aware = caption_producer("qwen2.5-vl", "aware", str(world.models.qwen_vl), frame_filter=ff)
     for q in ds.queries:
-        e = cache.get(ff, video_query_item(ds.name, q))
+        e = cache.get(ff, video_query_item(ds.family, q))
         if q.vid not in FRAMES:
             assert e is None
             continue
         assert len(e.value) == FRAMES[q.vid] and "caption-text" in e.meta["stand_in"]
-        a = cache.get(aware, video_query_item(ds.name, q))
+        a = cache.get(aware, video_query_item(ds.family, q))
         assert a.value["frames"] == candidate_frames(e.value, 30)
 
 
@@ -281,7 +282,7 @@ def test_cli_errors_name_the_problem(world: World, tmp_path: Path) -> None:
     assert rc == 2 and "valid: blip2" in err and "qwen2.5-vl" in err
     rc, _, err = run_main(build_args(world, tmp_path / "c", "--frame-filter", "nope"))
     assert rc == 2 and "valid names: caption-text, clip-vit-b32" in err
-    rc, _, err = run_main(build_args(world, tmp_path / "c", "--pairs", "1,9", "--stages", "rewrite"))
+    rc, _, err = run_main(build_args(world, tmp_path / "c", "--pairs", "1,9", "--stages", "variants"))
     assert rc == 2 and "unknown instruction pair 9" in err
     args = [a for a in build_args(world, tmp_path / "c") if a not in ("--videos", str(world.videos))]
     rc, _, err = run_main([*args, "--stages", "frames"])
@@ -294,8 +295,8 @@ def test_build_then_run_reads_every_pairing(world: World, tmp_path: Path, monkey
     """A build of every stage (embeddings included) feeds `granalign run` for every pairing,
     `Cq`, `qs` and `qd` included, with no other step. A random LLM never writes a parseable
     list, so its answer is replaced (the rest of the rewriter's code path runs as is)."""
-    from harness.backends.rewrite import HFCausalLMRewriter
-    from harness.scoring import PAIRINGS
+    from harness.build.backends.rewrite import HFCausalLMRewriter
+    from harness.method.scoring import PAIRINGS
 
     def answer(self: object, instructions: list[str], sample: bool = False, seed: int = 0) -> list[str]:
         out = []

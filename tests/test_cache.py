@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import harness.cache as cache_mod
-from harness.cache import Cache, Producer, atomic_write_bytes
+import harness.cache.store as cache_mod
+from harness.cache.store import Cache, Producer
 from harness.cli import main
+from harness.core.io import atomic_write_bytes
 
 BASE = Producer("variants", "hf-causal-lm", "m", "r1", "prompt", {"pair": 1, "m": 5})
 ITEM = {"query": "a man cooks"}

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import DATA_ENV, DataError, Query, data_root, load_dataset
-from harness.registry import RegistryError
+from harness.core.errors import DataError
+from harness.core.query import Query
+from harness.core.registry import RegistryError
+from harness.data import DATA_ENV, data_root, load_dataset
 
 # --------------------------------------------------------------------------- real files
 

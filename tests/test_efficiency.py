@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.build import efficiency_summary
-from harness.cache import Cache
+from harness.build.metering import efficiency_summary
+from harness.cache.producers import caption_producer, frame_filter_producer, rewrite_producer
+from harness.cache.store import Cache
 from harness.config import ExperimentConfig
-from harness.producers import caption_producer, frame_filter_producer, rewrite_producer
-from harness.tables import Missing
+from harness.core.results import Missing
 
 
 def test_efficiency_sums_online_stages_and_takes_the_peak(tmp_path: Path) -> None:
@@ -19,11 +19,11 @@ def test_efficiency_sums_online_stages_and_takes_the_peak(tmp_path: Path) -> Non
     cache.record_timing(rewrite_producer(cfg.rewriter, cfg.rewriter_model, 1), 10, 2.0, 16 * gb, "cuda",
                         {"queries": 10})
     cache.record_timing(frame_filter_producer(), 10, 1.0, 1 * gb, "cuda", {"queries": 10})
-    assert efficiency_summary(cache, cfg, 10) == Missing("missing: timings/captions_aware/qwen2.5-vl")
+    assert efficiency_summary(cache, cfg, 10) == Missing("timings/captions_aware/qwen2.5-vl")
     cache.record_timing(caption_producer("qwen2.5-vl", "aware"), 10, 7.0, 18 * gb, "cuda", {"queries": 10})
     assert efficiency_summary(cache, cfg, 10) == {"InT_s": 1.0, "GMU_GB": 18.0}
 
 
 def test_efficiency_of_a_backbone_without_aware_mode(tmp_path: Path) -> None:
     res = efficiency_summary(Cache(tmp_path / "c"), ExperimentConfig(captions="minigptv2"), 5)
-    assert isinstance(res, Missing) and res.reason.startswith("missing: timings")
+    assert isinstance(res, Missing) and res.label.startswith("missing: timings")

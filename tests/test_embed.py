@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.cache import Cache
-from harness.cli import main
-from harness.data import Dataset, Query, load_dataset
-from harness.embed import (
+from harness.cache.embedders import (
     EMBEDDERS,
     MINILM_ID,
     SentenceTransformerEmbedder,
@@ -22,8 +19,8 @@ from harness.embed import (
     embed_dataset,
     embedder_model_id,
 )
-from harness.importers import import_captions, import_paraphrases
-from harness.producers import (
+from harness.cache.importers import import_captions, import_paraphrases
+from harness.cache.producers import (
     caption_producer,
     paraphrase_producer,
     query_item,
@@ -31,7 +28,11 @@ from harness.producers import (
     video_item,
     video_query_item,
 )
-from harness.registry import RegistryError
+from harness.cache.store import Cache
+from harness.cli import main
+from harness.core.query import Dataset, Query
+from harness.core.registry import RegistryError
+from harness.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_embed_dataset_real_subset_then_cache_hit(
     counting = Counting(minilm)
     report = embed_dataset(cache, ds, counting, progress=False)
     cap_p = caption_producer("minigptv2", "agnostic")
-    captions = [cache.get(cap_p, video_item(ds.name, v)).value for v in ds.videos]  # type: ignore[union-attr]
+    captions = [cache.get(cap_p, video_item(ds.family, v)).value for v in ds.videos]  # type: ignore[union-attr]
     paras = [cache.get(paraphrase_producer(), query_item(q)).value["qp"] for q in ds.queries]  # type: ignore[union-attr]
     queries = [[q.query] for q in ds.queries]
     all_lists = queries + paras + captions
@@ -131,7 +132,7 @@ def test_embed_dataset_real_subset_then_cache_hit(
 # -- model ids ------------------------------------------------------------------------------
 def test_model_id_without_loading_anything() -> None:
     code = (
-        "import sys; from harness.embed import embedder_model_id as f;"
+        "import sys; from harness.cache.embedders import embedder_model_id as f;"
         "print(f('minilm')); print(f({'type': 'minilm', 'model': 'org/m', 'revision': 'abc'}));"
         "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules"
     )
@@ -171,7 +172,7 @@ def _toy_dataset() -> Dataset:
         "toy:val",
         (Query(1, "v1", "a dog runs", 6.0, w), Query(2, "v1", "a cat sits", 6.0, w),
          Query(3, "v2", "a dog runs", 4.0, w), Query(4, "v3", "rain falls", 4.0, w)),
-        "toy",
+        "toy", "toy", "val",
     )
 
 
@@ -179,15 +180,15 @@ def test_embed_dataset_covers_every_stage_and_skips_failed(tmp_path: Path) -> No
     ds = _toy_dataset()
     cache = Cache(tmp_path / "c")
     cap = caption_producer("minigptv2", "agnostic")
-    cache.put(cap, video_item(ds.name, "v1"), ["dog", "dog", "grass"])
-    cache.put(cap, video_item(ds.name, "v2"), ["cat", "dog"])
-    cache.put(cap, video_item("other:val", "zz"), ["not this dataset"])
+    cache.put(cap, video_item(ds.family, "v1"), ["dog", "dog", "grass"])
+    cache.put(cap, video_item(ds.family, "v2"), ["cat", "dog"])
+    cache.put(cap, video_item("other", "zz"), ["not this dataset"])
     rw = rewrite_producer(pair=1)
     cache.put(rw, query_item(ds.queries[0]), {"qs": ["dog"], "qd": ["a brown dog runs fast"]})
     cache.put(rw, query_item(ds.queries[1]), {"qs": ["cat"]}, status="failed")
     aware = caption_producer("qwen2.5-vl", "aware")
-    cache.put(aware, video_query_item(ds.name, ds.queries[3]), {"frames": [1, 0], "captions": ["rain", "sky"]})
-    cache.put(aware, video_query_item(ds.name, ds.queries[2]), {"frames": [], "captions": []})
+    cache.put(aware, video_query_item(ds.family, ds.queries[3]), {"frames": [1, 0], "captions": ["rain", "sky"]})
+    cache.put(aware, video_query_item(ds.family, ds.queries[2]), {"frames": [], "captions": []})
 
     emb = Counting(HashEmbedder())
     r = embed_dataset(cache, ds, emb, progress=False, chunk_texts=3)  # several chunks
@@ -210,7 +211,7 @@ def test_embed_dataset_covers_every_stage_and_skips_failed(tmp_path: Path) -> No
     r2 = embed_dataset(cache, ds, emb2, progress=False)
     assert emb2.calls == 0 and r2.embedded == 0 and r2.already_cached == 8
     # a new caption set arrives: only its lists are embedded
-    cache.put(cap, video_item(ds.name, "v3"), ["rain", "puddle"])
+    cache.put(cap, video_item(ds.family, "v3"), ["rain", "puddle"])
     emb3 = Counting(HashEmbedder())
     r3 = embed_dataset(cache, ds, emb3, progress=False)
     assert r3.embedded == 1 and sorted(emb3.texts) == ["puddle", "rain"]
@@ -219,7 +220,7 @@ def test_embed_dataset_covers_every_stage_and_skips_failed(tmp_path: Path) -> No
 def test_embed_dataset_refuses_a_malformed_entry(tmp_path: Path) -> None:
     ds = _toy_dataset()
     cache = Cache(tmp_path / "c")
-    cache.put(caption_producer("minigptv2", "agnostic"), video_item(ds.name, "v1"), {"not": "a list"})
+    cache.put(caption_producer("minigptv2", "agnostic"), video_item(ds.family, "v1"), {"not": "a list"})
     with pytest.raises(ValueError, match=r"cache entry [0-9a-f]{64} \(captions_agnostic/minigptv2\)"):
         embed_dataset(cache, ds, HashEmbedder(), progress=False)
 

@@ -12,17 +12,13 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.data import DataError, Query, load_dataset
-from harness.eval import (
-    IOU_THRESHOLDS,
-    Windows,
-    check_prediction_ids,
-    evaluate,
-    highlight_ap,
-    load_predictions,
-    mr_ap,
-    write_predictions,
-)
+from harness.core.errors import DataError
+from harness.core.query import Query
+from harness.data import load_dataset
+from harness.eval import evaluate
+from harness.eval.predictions import check_prediction_ids, load_predictions, write_predictions
+from harness.eval.qvhighlights import IOU_THRESHOLDS, highlight_ap, mr_ap
+from harness.eval.windows import Windows
 
 REF = Path("qvhighlights") / "eval_reference"
 

@@ -9,17 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from harness.cache import Cache
-from harness.cli import main
-from harness.data import DataError, Dataset, Query, load_dataset
-from harness.importers import (
+from harness.cache.importers import (
     fit_captions,
     import_captions,
     import_paraphrases,
     read_caption_file,
     run_import,
 )
-from harness.producers import caption_producer, paraphrase_producer, query_item, video_item
+from harness.cache.producers import caption_producer, paraphrase_producer, query_item, video_item
+from harness.cache.store import Cache
+from harness.cli import main
+from harness.core.errors import DataError
+from harness.core.query import Dataset, Query
+from harness.data import load_dataset
 
 # Figures measured on the public files (see /work/shared/data/README.md; the README's
 # "about 30" short videos is 13 in the files themselves, all one caption short).
@@ -74,7 +76,7 @@ def test_import_real_captions(data_root: Path, val: Dataset, tmp_path: Path) -> 
 
     producer = caption_producer("minigptv2", "agnostic")
     vids = list(val.videos)
-    entries = cache.get_many(producer, [video_item(val.name, v) for v in vids])
+    entries = cache.get_many(producer, [video_item(val.family, v) for v in vids])
     assert len(entries) == N_VIDEOS
     by_vid = {q.vid: q for q in val.queries}
     padded = [e for e in entries.values() if "padded" in e.meta]
@@ -82,7 +84,7 @@ def test_import_real_captions(data_root: Path, val: Dataset, tmp_path: Path) -> 
     for e in entries.values():
         assert all(isinstance(t, str) for t in e.value)
     for vid in vids:
-        e = entries[producer.key(video_item(val.name, vid))]
+        e = entries[producer.key(video_item(val.family, vid))]
         assert len(e.value) == by_vid[vid].n_clips
     # a padded video repeats its last real caption
     e = padded[0]
@@ -92,7 +94,7 @@ def test_import_real_captions(data_root: Path, val: Dataset, tmp_path: Path) -> 
     first = vids[0]
     path = data_root / "qvhighlights/captions/minigptv2/val" / f"{first}.jsonl"
     raw = [json.loads(line)["description"] for line in open(path, encoding="utf-8")]
-    assert entries[producer.key(video_item(val.name, first))].value[: len(raw)] == raw
+    assert entries[producer.key(video_item(val.family, first))].value[: len(raw)] == raw
 
     # resumable: a second import reads nothing
     again = import_captions(cache, val, "minigptv2", root=data_root, progress=False)
@@ -150,7 +152,7 @@ def _toy(tmp_path: Path, captions: dict[str, str], durations: dict[str, float]) 
     queries = tuple(
         Query(i, vid, f"query {i}", d, ((0.0, 2.0),)) for i, (vid, d) in enumerate(durations.items())
     )
-    return Dataset("qv:val", queries, "toy.jsonl"), tmp_path
+    return Dataset("qv:val", queries, "toy.jsonl", "qv", "val"), tmp_path
 
 
 def _lines(*objs: object) -> str:
@@ -173,13 +175,13 @@ def test_toy_import_pads_truncates_and_reports_missing(tmp_path: Path) -> None:
         "videos_truncated": 1, "captions_dropped": 1,
     }
     p = caption_producer("minigptv2", "agnostic")
-    short = cache.get(p, video_item("qv:val", "short"))
+    short = cache.get(p, video_item("qv", "short"))
     assert short is not None and short.value == ["a", "b", "b"]
     assert short.meta == {"source_count": 2, "padded": 1}
-    long = cache.get(p, video_item("qv:val", "long"))
+    long = cache.get(p, video_item("qv", "long"))
     assert long is not None and long.value == ["l0", "l1", "l2"]
     assert long.meta == {"source_count": 4, "dropped": 1}
-    assert cache.get(p, video_item("qv:val", "absent")) is None
+    assert cache.get(p, video_item("qv", "absent")) is None
     assert any("missing videos: absent" in line for line in r.lines())
 
 
@@ -223,7 +225,7 @@ def test_missing_caption_folder_and_conflicting_durations(tmp_path: Path) -> Non
     with pytest.raises(DataError, match=r"caption folder .*nope not found"):
         import_captions(Cache(tmp_path / "c"), ds, folder=tmp_path / "nope", progress=False)
     q = ds.queries[0]
-    two = Dataset("qv:val", (q, Query(7, "v", "other", 20.0, ((0.0, 1.0),))), "toy.jsonl")
+    two = Dataset("qv:val", (q, Query(7, "v", "other", 20.0, ((0.0, 1.0),))), "toy.jsonl", "qv", "val")
     with pytest.raises(DataError, match=r"video v has duration 10.0 in qid 0 but 20.0 in qid 7"):
         import_captions(Cache(tmp_path / "c"), two, folder=tmp_path, progress=False)
 
@@ -239,7 +241,7 @@ def _para_ds() -> Dataset:
         Query(3, "w", "a dog runs", 10.0, ((0.0, 2.0),)),
         Query(4, "w", "no paraphrase row", 10.0, ((0.0, 2.0),)),
     )
-    return Dataset("qv:val", qs, "toy.jsonl")
+    return Dataset("qv:val", qs, "toy.jsonl", "qv", "val")
 
 
 def test_toy_paraphrases_share_text_and_report_missing(tmp_path: Path) -> None:

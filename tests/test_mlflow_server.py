@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from harness.runner import Settings, run_table
+from harness.runner.settings import Settings
+from harness.runner.tables import run_table
 
 requests = pytest.importorskip("requests")
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.cache import Cache
+from harness.cache.store import Cache
 from harness.cli import main
 from harness.config import ExperimentConfig, load_config
+from harness.core.results import MissingInputs
 from harness.data import load_dataset
-from harness.pipeline import InputPool, brief, run_config, trial
-from harness.scoring import PAIRINGS
-from harness.sources import MissingInputs
+from harness.eval import brief
+from harness.method.scoring import PAIRINGS
+from harness.runner.trial import InputPool, run_config, trial
 
 REPO = Path(__file__).resolve().parents[1]
 N_REAL = 40  # QVHighlights val queries in the real-data subset (fast enough for CI)
@@ -30,8 +31,8 @@ def demo(demo_cache: Path) -> Cache:
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Cache:
     """MiniGPT-v2 captions + paraphrases of the first N_REAL val queries, embedded."""
-    from harness.embed import build_embedder, embed_dataset
-    from harness.importers import import_captions, import_paraphrases
+    from harness.cache.embedders import build_embedder, embed_dataset
+    from harness.cache.importers import import_captions, import_paraphrases
 
     cache = Cache(tmp_path_factory.mktemp("real") / "cache")
     ds = load_dataset("qvhighlights:val", data_root).subset(N_REAL)
@@ -64,7 +65,7 @@ def test_k_m_and_fallback_change_the_scores(demo: Cache) -> None:
     base = load_config(REPO / "experiments" / "demo.yaml", {"pairing": "qd-Cq"})
     pool = InputPool(demo)
     prep = pool.get(base)
-    from harness.recipes import predict
+    from harness.method.recipes import predict
 
     sal = {k: np.concatenate([p.saliency for p in predict(prep, base.replace(K=k))]) for k in (5, 30)}
     assert not np.allclose(sal[5], sal[30])  # K picks which frames use aware captions
@@ -140,7 +141,7 @@ def test_real_cq_with_qwen_reports_missing_captions(real_cache: Cache, data_root
 
 
 def test_embeddings_missing_is_reported(tmp_path: Path, data_root: Path) -> None:
-    from harness.importers import import_captions
+    from harness.cache.importers import import_captions
 
     cache = Cache(tmp_path / "c")
     ds = load_dataset("qvhighlights:val", data_root).subset(3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.proposals import (
+from harness.method.proposals import (
     MPGParams,
     histogram_thresholds,
     interval_iou,
@@ -144,7 +144,7 @@ def test_nms_empty():
 
 
 def test_curve_percentiles_equal_nanpercentile_with_padding():
-    from harness.proposals import curve_percentiles
+    from harness.method.proposals import curve_percentiles
 
     rng = np.random.default_rng(1)
     curves = rng.random((50, 30))

@@ -26,17 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.config import ConfigError
-from harness.runner import (
-    Settings,
-    effective_spec,
-    load_sweep,
-    row_configs,
-    run_sweep,
-    run_table,
-    table_from_mlflow,
-)
-from harness.tables import Missing, load_table
+from harness.core.errors import ConfigError
+from harness.core.results import Missing
+from harness.report.tables import load_table
+from harness.runner.settings import Settings
+from harness.runner.studies import WORKER_ATTR, open_storage
+from harness.runner.sweeps import load_sweep, run_sweep
+from harness.runner.tables import effective_spec, row_configs, run_table, table_from_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SWEEP = REPO / "experiments" / "sweeps" / "demo.yaml"
@@ -280,7 +276,7 @@ def test_sweep_with_two_workers_stops_at_n_trials(tmp_path: Path, settings_for: 
     assert len(finished(study)) == 7 and len(study.trials) == 7, summary["trials"]
     first: dict[int, dict[str, Any]] = {}  # worker pid -> params of its first trial
     for t in study.trials:
-        first.setdefault(t.user_attrs["worker"]["pid"], t.params)
+        first.setdefault(t.user_attrs[WORKER_ATTR]["pid"], t.params)
     assert len(first) == 2
     a, b = first.values()
     assert a != b, "both workers sampled the same parameters (same sampler seed)"
@@ -358,10 +354,8 @@ def _running_trials(url: str) -> list[Any]:
     creates a fresh database's schema under the same lock as the sweep process."""
     import optuna
 
-    from harness.runner import rdb_storage
-
     try:
-        storage = rdb_storage(url)
+        storage = open_storage(url)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if not names:
             return []
@@ -402,7 +396,7 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
             time.sleep(0.3)
             workers = set(_children_pids(proc.pid))
             for t in _running_trials(storage):
-                w = t.user_attrs.get("worker") or {}
+                w = t.user_attrs.get(WORKER_ATTR) or {}
                 if w.get("pid") in workers and "mlflow_run_id" in t.user_attrs:
                     victim = (w["pid"], t.number)
                     break
@@ -430,9 +424,13 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
     assert len(numbers) == len(set(numbers))
     # the trial the victim was running (the one seen, unless it ended just before the kill;
     # a retry inherits the user attrs of the trial it retries, hence worker.trial)
+    def worker(t: Any) -> tuple[Any, ...]:
+        w = t.user_attrs.get(WORKER_ATTR) or {}
+        return w.get("host"), w.get("pid"), w.get("trial")
+
     died = [t for t in trials if t.state.name not in ("COMPLETE", "PRUNED")
-            and t.user_attrs.get("worker") == {"host": socket.gethostname(), "pid": victim[0], "trial": t.number}]
-    assert len(died) == 1, [(t.number, t.state.name, t.user_attrs.get("worker")) for t in trials]
+            and worker(t) == (socket.gethostname(), victim[0], t.number)]
+    assert len(died) == 1, [(t.number, t.state.name, worker(t)) for t in trials]
     killed = died[0]
     assert killed.state.name == "FAIL"
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]

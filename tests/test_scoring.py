@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from harness.config import ExperimentConfig
-from harness.data import Query
-from harness.recipes import predict
-from harness.registry import RegistryError
-from harness.scoring import (
+from harness.core.query import Query
+from harness.core.registry import RegistryError
+from harness.method.recipes import predict
+from harness.method.scoring import (
     candidate_mask,
     frame_scores,
     minmax,
@@ -17,7 +17,7 @@ from harness.scoring import (
     resolve_pairing,
     variant_curves,
 )
-from harness.sources import Prepared, SourceSpec
+from harness.method.sources import Prepared, SourceSpec
 
 SPEC = SourceSpec("toy:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, "e")
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.config import ConfigError
-from harness.tables import (
-    Missing,
+from harness.cli import main
+from harness.core.results import Failed, Missing
+from harness.report.tables import (
     TableError,
     TableSpec,
     find_ablations_dir,
@@ -27,7 +27,6 @@ from harness.tables import (
     load_table,
     render_all,
     render_csv,
-    render_latex,
     render_markdown,
     row_config,
 )
@@ -141,8 +140,8 @@ def test_efficiency_table(tables: dict[str, TableSpec]) -> None:
 
 # -- transcription against the paper ---------------------------------------------------------
 def _paper_table_lines() -> list[list[float | None]]:
-    if not PAPER.is_file():
-        pytest.skip(f"paper text not found at {PAPER}")
+    if not PAPER.is_file():  # CI has ../shared; a checkout without it fails loudly, as the data tests do
+        pytest.fail(f"paper text not found at {PAPER}: the paper-number tests need ../shared/paper")
     out = []
     for line in PAPER.read_text(encoding="utf-8").splitlines():
         if not line.startswith("|"):
@@ -287,7 +286,7 @@ def test_minimal_spec_is_valid(tmp_path: Path) -> None:
         (_with_row({"overides": {"m": 2}}), ["row 'ours'", "overides"]),
         (_with_row({"overrides": {"lamda": 0.2}}), ["row 'ours'", "lamda", "not ExperimentConfig fields"]),
         (_with_row({"overrides": {"m": "three"}}), ["row 'ours'", "'m'"]),
-        (_with_row({"overrides": {"m": 9}}), ["row 'ours'", "m must be in 1..5"]),
+        (_with_row({"overrides": {"m": 9}}), ["row 'ours'", "key 'm' = 9: expected 1 <= m <= 5"]),
         (_with_row({"overrides": {"dataset": "charades_sta:test"}}), ["row 'ours'", "charades_sta:test"]),
         (_with_row({"paper": {"R1@0.5": 61.94, "mAP@avg": 39.12, "R1@0.9": 1.0}}), ["row 'ours'", "R1@0.9"]),
         (_with_row({"paper": {"R1@0.5": 61.94}}), ["row 'ours'", "no paper value", "mAP@avg"]),
@@ -331,8 +330,16 @@ def test_overrides_are_checked_against_an_existing_base(tmp_path: Path) -> None:
         load_table(path)
 
 
-def test_table_error_is_a_config_error() -> None:
-    assert issubclass(TableError, ConfigError)
+def test_a_bad_table_spec_is_a_one_line_error_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path / "ablations" / "table9.yaml", _minimal(kind="figure"))
+    assert main(["table", str(path), "--demo", "--storage", f"sqlite:///{tmp_path}/o.db",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("granalign: error: ") and str(path) in err and "kind 'figure'" in err
+    assert len(err.splitlines()) == 1, "a traceback reached the user"
+    assert not (tmp_path / "o.db").exists() and not (tmp_path / "m.db").exists()
 
 
 # -- run configs ------------------------------------------------------------------------------
@@ -433,7 +440,7 @@ def test_latex_is_a_tabular_with_escaped_cells(rendered: dict[str, str]) -> None
 
 def test_peer_and_extra_rows() -> None:
     spec = load_table("1", REPO / "ablations")
-    md = render_markdown(spec, {"GranAlign (ours) [test]": Missing.dataset("qvhighlights:test"),
+    md = render_markdown(spec, {"GranAlign (ours) [test]": Missing("dataset qvhighlights:test"),
                                 "GranAlign (ours) [val]": {"MR-full-R1@0.5": 60.0}})  # fmt: skip
     header, rows = _md_table(md)
     assert header[:4] == ["Row", "MLLM", "Setting", "Dataset"]
@@ -450,12 +457,25 @@ def test_render_rejects_results_for_unknown_rows() -> None:
         render_csv(spec, {"q-Cx": COMPUTED})
 
 
-def test_render_all_keys_and_empty_results() -> None:
-    spec = load_table("C3", REPO / "ablations")
-    out = render_all(spec, {})
+def test_every_rendering_shows_each_row_in_its_state() -> None:
+    spec = load_table("C3", REPO / "ablations")  # rows K=5, 10, 20, 30 on Charades-STA
+    names = [r.name for r in spec.rows]
+    results = {names[0]: {"R1@0.3": 70.125, "R1@0.5": 50.0, "mIoU": 44.444},
+               names[1]: Missing("captions_aware/qwen2.5-vl"), names[2]: Failed("ValueError: boom")}
+    out = render_all(spec, results)
     assert set(out) == {"md", "csv", "tex"}
-    assert out["tex"] == render_latex(spec, {})
-    assert all(r["status"] == "not run" for r in csv.DictReader(io.StringIO(out["csv"])))
+    rows = {r["row"]: r for r in csv.DictReader(io.StringIO(out["csv"]))}
+    assert [rows[n]["status"] for n in names] == ["ok", "missing", "failed", "not run"]
+    assert rows[names[0]]["R1@0.3 ours"] == "70.12" and rows[names[0]]["mIoU ours"] == "44.44"
+    assert rows[names[1]]["mIoU ours"] == "missing: captions_aware/qwen2.5-vl"
+    assert rows[names[2]]["R1@0.5 ours"] == "failed: ValueError: boom"
+    md = {line.split("|")[1].strip(): line for line in out["md"].splitlines() if line.startswith("| ")}
+    assert "| 70.12 |" in md[names[0]] and "missing: captions_aware/qwen2.5-vl" in md[names[1]]
+    assert "failed: ValueError: boom" in md[names[2]] and "| not run |" in md[names[3]]
+    tex = [line for line in out["tex"].splitlines() if " & " in line][2:]  # after the 2 header lines
+    assert len(tex) == len(names) and tex[0].startswith(r"K=5\%")
+    assert "70.12" in tex[0] and r"\textit{missing: captions\_aware/qwen2.5-vl}" in tex[1]
+    assert r"\textit{failed: ValueError: boom}" in tex[2] and r"\textit{not run}" in tex[3]
 
 
 def test_an_explicit_ablations_dir_must_exist(tmp_path: Path) -> None:

@@ -1,0 +1,211 @@
+"""What every model backend is: the four registries, their base classes, shared helpers.
+
+The cache builder (`harness/build.py`) picks a backend per stage by name from one of the
+registries below and builds it from config (`REGISTRY.build({"type": name, **kwargs})`),
+so adding a backend is one class and one decorator. Heavy libraries (torch, transformers,
+open_clip, decord, av) are imported inside methods: importing this package costs nothing,
+and a build that finds everything cached never loads a model.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from harness.core.constants import FPS, K_MAX
+from harness.core.registry import Registry
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class VideoError(RuntimeError):
+    """A video that is missing or cannot be decoded. The message names the id and the file."""
+
+    def __init__(self, vid: str, reason: str, path: str | None = None) -> None:
+        self.vid = vid
+        self.reason = reason
+        self.path = path
+        where = f" ({path})" if path else ""
+        super().__init__(f"video {vid}{where}: {reason}")
+
+
+@dataclass
+class Frames:
+    """The frames of one video at `fps`: frame i stands for the clip [i/fps, (i+1)/fps).
+
+    `images` are RGB uint8 arrays (H, W, 3). `timestamps[i]` is the time (s) at which frame
+    i was taken; `clamped` counts frames whose time lay past the decodable end of the video
+    (they repeat the last decodable frame).
+    """
+
+    vid: str
+    images: list[np.ndarray]
+    timestamps: list[float]
+    video_duration: float
+    decoder: str
+    source: str = ""
+    clamped: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def pil(self, indices: Sequence[int] | None = None) -> list[Image.Image]:
+        from PIL import Image
+
+        idx = range(len(self.images)) if indices is None else indices
+        return [Image.fromarray(self.images[i]) for i in idx]
+
+
+def frame_times(n_frames: int, video_duration: float, fps: float = FPS) -> list[float]:
+    """When frame i is taken: the middle of its clip [i/fps, (i+1)/fps).
+
+    At 0.5 fps that is 2i+1 s. The last clip of a video is often partial ([2i, duration));
+    its frame is taken at the middle of the part that exists. Times past the video's end
+    (an annotation longer than the file) are clamped to the end; the decoder then returns
+    its last frame and counts it in `Frames.clamped`.
+    """
+    span = 1.0 / fps
+    out = []
+    for i in range(n_frames):
+        start = i * span
+        end = min(start + span, video_duration) if video_duration > start else start + span
+        out.append(min((start + end) / 2.0, max(video_duration, 0.0)))
+    return out
+
+
+def candidate_frames(scores: Sequence[float], k_max: int = K_MAX) -> list[int]:
+    """The frames that get query-aware captions: the top `ceil(k_max% * n)` by score, >= 1.
+
+    Ordered best first (ties by frame index) so that a run with a smaller K takes a prefix.
+    """
+    n = len(scores)
+    if n == 0:
+        return []
+    k = max(1, math.ceil(round(k_max * n / 100.0, 9)))
+    return sorted(range(n), key=lambda i: (-float(scores[i]), i))[: min(k, n)]
+
+
+# -- device and dtype -----------------------------------------------------------------------
+def resolve_device(device: str | None = None) -> str:
+    """`cuda` when a GPU is visible and no device is named, else `cpu`."""
+    if device and device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | None, device: str, prefer_half: bool = True) -> Any:
+    """A torch dtype from a name. `auto`: bfloat16 (or float16) on a GPU, float32 on CPU.
+
+    Half precision on CPU is slow and some ops lack kernels, so `auto` never picks it there.
+    """
+    import torch
+
+    names = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    if dtype in (None, "", "auto"):
+        if device.startswith("cuda") and prefer_half:
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(sorted(names))}")
+    return names[dtype]
+
+
+def new_tokens(output: Any, input_ids: Any) -> Any:
+    """The generated part of `generate`'s output.
+
+    Decoder-only models return prompt + continuation; some multimodal models (older BLIP-2)
+    return the continuation only. Slice only when the output starts with the prompt.
+    """
+    n = input_ids.shape[1]
+    if output.shape[1] > n and bool((output[:, :n] == input_ids.to(output.device)).all()):
+        return output[:, n:]
+    return output
+
+
+# -- base classes ---------------------------------------------------------------------------
+class FrameDecoder(ABC):
+    """Turns a video file into `Frames` at `fps` (0.5: one frame per 2-s clip).
+
+    `max_side` bounds the longer image side (pixels) so a 1080p source does not blow up
+    captioner tokens; frames are resized keeping the aspect ratio, never enlarged.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, fps: float = FPS, max_side: int | None = 640, **_: Any) -> None:
+        self.fps = float(fps)
+        self.max_side = int(max_side) if max_side else None
+
+    @abstractmethod
+    def decode(self, path: str, vid: str, n_frames: int | None = None) -> Frames:
+        """All frames of one video; `n_frames` None means as many clips as the file has.
+
+        Raises `VideoError` naming `vid` and `path` when the file cannot be decoded.
+        """
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        if self.max_side is None or max(img.shape[:2]) <= self.max_side:
+            return np.ascontiguousarray(img)
+        from PIL import Image
+
+        h, w = img.shape[:2]
+        scale = self.max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
+
+
+class Rewriter(ABC):
+    """Instruction-guided query rewriting: per pair, `m` simplified and `m` detailed queries."""
+
+    name: ClassVar[str] = ""
+    model_id: str = ""
+    revision: str = ""
+
+    @abstractmethod
+    def rewrite(self, queries: Sequence[str], pair: int) -> list[Any]:
+        """One `RewriteResult` per query, in order (status ok or failed, never skipped)."""
+
+
+class FrameFilter:
+    """sim(frame_i, q) for every frame of a video: the ranking that picks candidate frames.
+
+    A filter with `needs_frames` implements `score_video(frames, queries)`; one without
+    (a stand-in) implements `score_captions(cache, captions, queries)`. Not abstract: the
+    builder calls whichever the filter's kind has.
+    """
+
+    name: ClassVar[str] = ""
+    needs_frames: ClassVar[bool] = True
+    model_id: str = ""
+
+
+class Captioner(ABC):
+    """One caption per frame: query-agnostic for all frames, query-aware for candidates."""
+
+    name: ClassVar[str] = ""
+    model_id: str = ""
+
+    @abstractmethod
+    def agnostic(self, frames: Frames) -> list[str]:
+        """A caption for every frame of `frames`, in frame order."""
+
+    @abstractmethod
+    def aware(self, frames: Frames, indices: Sequence[int], query: str) -> list[str]:
+        """A caption for each frame in `indices` (in that order), guided by the query."""
+
+
+DECODERS: Registry[type[FrameDecoder]] = Registry("frame decoder", base=FrameDecoder, doc="video file -> frames at 0.5 fps")
+REWRITERS: Registry[type[Rewriter]] = Registry("rewriter", base=Rewriter, doc="query -> simplified and detailed rewrites (variants stage)")
+FRAME_FILTERS: Registry[type[FrameFilter]] = Registry("frame filter", base=FrameFilter, doc="frame-query similarity that picks candidate frames")
+CAPTIONERS: Registry[type[Captioner]] = Registry("captioner", base=Captioner, doc="frame captioners, query-agnostic and query-aware")

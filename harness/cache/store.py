@@ -1,0 +1,399 @@
+"""The content-addressed cache of model outputs: the spine every run reads.
+
+Each entry is keyed by the sha256 of the canonical JSON of what produced it (stage,
+backend, model id and revision, prompt text, parameters) and of its input (a video, a
+query). Text outputs live in one SQLite file (WAL mode, so Optuna workers read while a
+builder writes); embedding matrices live beside it as `.npy` files named by their key,
+written to a temporary file and renamed so that no reader ever sees half a matrix.
+
+A `Cache` remembers what it served; `fingerprint()` hashes that, so a tracked run names the
+exact cached outputs it was computed from.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
+from harness.core.registry import Registry
+from harness.core.stages import CACHE_STAGES, STAGES, stage_order
+
+CACHE_ENV = "GRANALIGN_CACHE"
+DEFAULT_CACHE = Path(".granalign") / "cache"
+STAGE_LABELS = {name: stage.label for name, stage in STAGES.items()}
+
+@dataclass(frozen=True)
+class Producer:
+    """What made a cache entry. Two producers differing in anything give different keys.
+
+    `params` holds whatever else changes the output (rewrites per pair, K_max, fps, ...).
+    """
+
+    stage: str
+    backend: str
+    model: str = ""
+    revision: str = ""
+    prompt: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stage not in CACHE_STAGES:
+            raise ValueError(f"unknown cache stage {self.stage!r}; valid: {', '.join(CACHE_STAGES)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params"] = dict(self.params)
+        return d
+
+    @property
+    def digest(self) -> str:
+        return sha256_hex(canonical_json(self.as_dict()))
+
+    def key(self, item: Mapping[str, Any]) -> str:
+        """The entry key: sha256 of the canonical JSON of producer and input."""
+        return sha256_hex(canonical_json({"producer": self.as_dict(), "input": dict(item)}))
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: Any
+    status: str  # "ok" | "failed"
+    meta: dict[str, Any]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+  key TEXT PRIMARY KEY,
+  stage TEXT NOT NULL,
+  backend TEXT NOT NULL,
+  model TEXT NOT NULL,
+  producer TEXT NOT NULL,
+  item TEXT NOT NULL,
+  value TEXT NOT NULL,
+  value_hash TEXT NOT NULL,
+  status TEXT NOT NULL,
+  meta TEXT NOT NULL,
+  created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_stage ON entries(stage, backend, producer);
+CREATE TABLE IF NOT EXISTS producers (
+  digest TEXT PRIMARY KEY,
+  spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+  key TEXT PRIMARY KEY,
+  model TEXT NOT NULL,
+  rows INTEGER NOT NULL,
+  dim INTEGER NOT NULL,
+  created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS embeddings_model ON embeddings(model);
+CREATE TABLE IF NOT EXISTS timings (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  stage TEXT NOT NULL,
+  backend TEXT NOT NULL,
+  model TEXT NOT NULL,
+  items INTEGER NOT NULL,
+  wall_s REAL NOT NULL,
+  peak_mem_bytes INTEGER,
+  device TEXT NOT NULL,
+  meta TEXT NOT NULL,
+  created REAL NOT NULL
+);
+"""
+
+
+# a synthetic dataset's own cache, filled on first use: family -> (folder or None) -> Cache
+SYNTHETIC_CACHES: Registry[Any] = Registry(
+    "synthetic cache", doc="own caches of synthetic datasets, filled on first use")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+class Cache:
+    """SQLite text store + `.npy` matrix store under one folder.
+
+    Safe for several processes: SQLite in WAL mode with a busy timeout; matrices are
+    written under a temp name and renamed. Each process opens its own `Cache`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, readonly: bool = False) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.readonly = readonly
+        if not readonly:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not (self.root / "cache.sqlite").exists():
+            raise FileNotFoundError(f"no cache at {self.root} (expected {self.root / 'cache.sqlite'})")
+        self.db_path = self.root / "cache.sqlite"
+        self.emb_dir = self.root / "embeddings"
+        self._local = threading.local()
+        self._read: dict[str, str] = {}
+        self._read_lock = threading.Lock()
+        if not readonly:
+            # executescript() would COMMIT the open transaction itself (and _Tx's COMMIT
+            # then fails), so the statements run one by one inside one transaction
+            with self._tx() as con:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+
+    # -- connection ---------------------------------------------------------------------
+    @property
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None or getattr(self._local, "pid", None) != os.getpid():
+            if self.readonly:
+                con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=60)
+            else:
+                con = sqlite3.connect(self.db_path, timeout=60)
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+            self._local.pid = os.getpid()
+        return con
+
+    class _Tx:
+        def __init__(self, con: sqlite3.Connection) -> None:
+            self.con = con
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.con.execute("BEGIN IMMEDIATE")
+            return self.con
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            if exc_type is None:
+                self.con.execute("COMMIT")
+            else:
+                self.con.execute("ROLLBACK")
+
+    def _tx(self) -> Cache._Tx:
+        return Cache._Tx(self._con)
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    # -- text entries -------------------------------------------------------------------
+    def put(
+        self,
+        producer: Producer,
+        item: Mapping[str, Any],
+        value: Any,
+        status: str = "ok",
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        return self.put_many(producer, [(item, value, status, meta)])[0]
+
+    def put_many(
+        self,
+        producer: Producer,
+        rows: Iterable[tuple[Mapping[str, Any], Any, str, Mapping[str, Any] | None]],
+    ) -> list[str]:
+        """Insert or replace entries in one transaction: all land, or none."""
+        if producer.stage == "embeddings":
+            raise ValueError("embeddings go through put_embeddings, not put")
+        if self.readonly:
+            raise PermissionError(f"cache {self.root} is open read-only")
+        now = time.time()
+        keys, records = [], []
+        spec = canonical_json(producer.as_dict())
+        for item, value, status, meta in rows:
+            if status not in ("ok", "failed"):
+                raise ValueError(f"status must be 'ok' or 'failed', got {status!r}")
+            key = producer.key(item)
+            value_json = canonical_json(value)
+            records.append(
+                (
+                    key, producer.stage, producer.backend, producer.model, producer.digest,
+                    canonical_json(dict(item)), value_json, sha256_hex(value_json), status,
+                    canonical_json(dict(meta or {})), now,
+                )
+            )
+            keys.append(key)
+        with self._tx() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO producers(digest, spec) VALUES (?, ?)", (producer.digest, spec)
+            )
+            con.executemany(
+                "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?)", records
+            )
+        return keys
+
+    def get(self, producer: Producer, item: Mapping[str, Any]) -> Entry | None:
+        return self.get_many(producer, [item]).get(producer.key(item))
+
+    def get_many(
+        self, producer: Producer, items: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Entry]:
+        """key -> Entry for the items that are cached (failed ones included)."""
+        keys = [producer.key(it) for it in items]
+        out: dict[str, Entry] = {}
+        for chunk in _chunks(keys, 500):
+            marks = ",".join("?" * len(chunk))
+            cur = self._con.execute(
+                f"SELECT key, value, value_hash, status, meta FROM entries WHERE key IN ({marks})",
+                chunk,
+            )
+            for key, value, value_hash, status, meta in cur:
+                out[key] = Entry(key, json.loads(value), status, json.loads(meta))
+                self._remember(key, value_hash)
+        return out
+
+    def producers(self, stage: str | None = None) -> list[Producer]:
+        """The producers that wrote entries here (optionally of one stage), oldest first.
+
+        How `embed_dataset` finds every caption set and variant list a run may ask for
+        without the caller naming them: whatever was imported or built gets embedded.
+        """
+        if stage is not None and stage not in CACHE_STAGES:
+            raise ValueError(f"unknown cache stage {stage!r}; valid: {', '.join(CACHE_STAGES)}")
+        out = []
+        for (spec,) in self._con.execute("SELECT spec FROM producers ORDER BY rowid"):
+            d = json.loads(spec)
+            if stage is None or d["stage"] == stage:
+                out.append(Producer(**d))
+        return out
+
+    def missing(self, producer: Producer, items: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Indices of `items` with no entry (any status): what a builder still has to do."""
+        keys = [producer.key(it) for it in items]
+        have: set[str] = set()
+        for chunk in _chunks(keys, 500):
+            marks = ",".join("?" * len(chunk))
+            have.update(
+                k for (k,) in self._con.execute(f"SELECT key FROM entries WHERE key IN ({marks})", chunk)
+            )
+        return [i for i, k in enumerate(keys) if k not in have]
+
+    # -- embedding matrices --------------------------------------------------------------
+    @staticmethod
+    def embedding_key(model: str, texts: Sequence[str]) -> str:
+        """Content address of a matrix: the embedder and the exact texts, in order."""
+        return sha256_hex(canonical_json({"stage": "embeddings", "model": model, "texts": list(texts)}))
+
+    def _emb_path(self, key: str) -> Path:
+        return self.emb_dir / key[:2] / f"{key}.npy"
+
+    def put_embeddings(self, model: str, texts: Sequence[str], matrix: np.ndarray) -> str:
+        if self.readonly:
+            raise PermissionError(f"cache {self.root} is open read-only")
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[0] != len(texts):
+            raise ValueError(f"expected a ({len(texts)}, dim) matrix, got shape {matrix.shape}")
+        key = self.embedding_key(model, texts)
+        buf = io.BytesIO()
+        np.save(buf, matrix, allow_pickle=False)
+        atomic_write_bytes(self._emb_path(key), buf.getvalue())
+        with self._tx() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO embeddings VALUES (?,?,?,?,?)",
+                (key, model, matrix.shape[0], matrix.shape[1], time.time()),
+            )
+        return key
+
+    def get_embeddings(self, model: str, texts: Sequence[str]) -> np.ndarray | None:
+        key = self.embedding_key(model, texts)
+        path = self._emb_path(key)
+        if not path.exists():
+            return None
+        matrix = np.load(path, allow_pickle=False)
+        self._remember(key, key)
+        return matrix
+
+    def has_embeddings(self, model: str, texts: Sequence[str]) -> bool:
+        return self._emb_path(self.embedding_key(model, texts)).exists()
+
+    # -- efficiency records (Table 4) -------------------------------------------------------
+    def record_timing(
+        self,
+        producer: Producer,
+        items: int,
+        wall_s: float,
+        peak_mem_bytes: int | None,
+        device: str,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        with self._tx() as con:
+            con.execute(
+                "INSERT INTO timings(stage, backend, model, items, wall_s, peak_mem_bytes, device,"
+                " meta, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    producer.stage, producer.backend, producer.model, items, wall_s,
+                    peak_mem_bytes, device, canonical_json(dict(meta or {})), time.time(),
+                ),
+            )
+
+    def timings(self) -> list[dict[str, Any]]:
+        cur = self._con.execute(
+            "SELECT stage, backend, model, items, wall_s, peak_mem_bytes, device, meta, created "
+            "FROM timings ORDER BY id"
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+    # -- reporting ----------------------------------------------------------------------
+    def stats(self) -> list[dict[str, Any]]:
+        """Per stage, backend and model: entries cached (ok / failed)."""
+        rows = []
+        cur = self._con.execute(
+            "SELECT stage, backend, model, SUM(status='ok'), SUM(status='failed') FROM entries "
+            "GROUP BY stage, backend, model"
+        )
+        for stage, backend, model, ok, failed in cur:
+            rows.append(
+                {"stage": stage, "backend": backend, "model": model, "ok": ok, "failed": failed}
+            )
+        cur = self._con.execute(
+            "SELECT model, COUNT(*), SUM(rows) FROM embeddings GROUP BY model"
+        )
+        for model, n, total in cur:
+            rows.append(
+                {"stage": "embeddings", "backend": "sentence-transformers", "model": model,
+                 "ok": n, "failed": 0, "rows": total}
+            )
+        return sorted(rows, key=lambda r: (stage_order(r["stage"]), r["backend"], r["model"]))
+
+    def _remember(self, key: str, content_hash: str) -> None:
+        with self._read_lock:
+            self._read[key] = content_hash
+
+    def reset_reads(self) -> None:
+        with self._read_lock:
+            self._read.clear()
+
+    def fingerprint(self) -> str:
+        """sha256 over (key, content hash) of everything this Cache served, sorted."""
+        with self._read_lock:
+            pairs = sorted(self._read.items())
+        return sha256_hex(canonical_json(pairs))
+
+    @property
+    def reads(self) -> int:
+        return len(self._read)
+
+
+def _chunks(seq: Sequence[str], n: int) -> Iterator[list[str]]:
+    for i in range(0, len(seq), n):
+        yield list(seq[i : i + n])

@@ -1,0 +1,19 @@
+"""Arguments several commands share."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cache.store import default_cache_dir
+
+
+def add_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache", default=None,
+        help=f"cache folder (default: $GRANALIGN_CACHE or {default_cache_dir()})",
+    )
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="registered split, e.g. qvhighlights:val")
+    p.add_argument("--data-root", default=None, help="benchmark files (default: $GRANALIGN_DATA)")

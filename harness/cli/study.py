@@ -1,0 +1,65 @@
+"""`granalign table` (a paper table as an Optuna study over its rows) and `granalign sweep`
+(an Optuna hyperparameter sweep), both tracked in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli.common import add_cache_arg
+from harness.config import parse_override
+from harness.report.tables import list_tables
+from harness.report.tracking import DEFAULT_TRACKING_URI
+from harness.runner.settings import Settings
+from harness.runner.studies import DEFAULT_STORAGE, STORAGE_ENV
+from harness.runner.sweeps import run_sweep
+from harness.runner.tables import run_table, table_from_mlflow
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        storage=args.storage, tracking_uri=args.tracking_uri, cache_dir=args.cache,
+        data_root=args.data_root, workers=args.workers,
+        overrides=dict(parse_override(s) for s in args.set or []),
+        out_dir=args.out, demo=args.demo,
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=None, help=f"Optuna storage URL (default ${STORAGE_ENV} or {DEFAULT_STORAGE})")
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key in every row/trial")
+    p.add_argument("--demo", action="store_true", help="run on the built-in SYNTHETIC demo dataset")
+    p.add_argument("--data-root", default=None, help="benchmark data folder (default $GRANALIGN_DATA)")
+    p.add_argument("--out", default="runs", help="folder for rendered tables (default runs/)")
+    add_cache_arg(p)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ids = list_tables() if args.table == "all" else [args.table]
+    for tid in ids:
+        if args.from_mlflow:
+            table_from_mlflow(tid, settings)
+        else:
+            run_table(tid, settings)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    run_sweep(args.space, _settings(args), args.n_trials)
+    return 0
+
+
+def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAction) -> None:
+    p = top.add_parser("table", help="reproduce a paper table (Optuna study over its rows, MLflow-tracked)")
+    p.add_argument("table", help="table id (3, C1, 13, ...) or 'all'")
+    p.add_argument("--from-mlflow", action="store_true", help="render from MLflow alone, compute nothing")
+    _common(p)
+    p.set_defaults(func=cmd_table)
+    s = top.add_parser("sweep", help="an Optuna hyperparameter sweep over a YAML search space")
+    s.add_argument("space", help="sweep YAML (see experiments/sweeps/)")
+    s.add_argument("--n-trials", type=int, default=50, help="complete + pruned trials to reach")
+    _common(s)
+    s.set_defaults(func=cmd_sweep)

@@ -1,0 +1,5 @@
+"""What every stage shares: registries, hashing and atomic writes, the query record, result
+types (one `Missing`, one `Failed`), errors, the clip grid and the stage vocabulary.
+
+Nothing here imports another part of the harness: every other package may import `core`.
+"""

@@ -1,0 +1,69 @@
+"""QVHighlights (Lei et al., 2021): the official annotation jsonl, val and the public test
+release (which has no ground truth: it loads for prediction only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import DataError
+from harness.core.query import Query
+from harness.data.parsing import field_of, iter_jsonl, windows_of
+from harness.data.spec import register_dataset
+
+
+@register_dataset("qvhighlights", splits=("val", "test"), protocol="qvhighlights",
+                  description="highlight_{split}_release.jsonl (moment_detr); test has no GT")
+def load_qvhighlights(root: Path, split: str) -> tuple[Sequence[Query], str]:
+    path = root / "qvhighlights" / f"highlight_{split}_release.jsonl"
+    queries = [
+        parse_qvhighlights_row(obj, f"{path}:{n}", require_gt=split != "test")
+        for n, obj in iter_jsonl(path)
+    ]
+    return queries, str(path)
+
+
+def parse_qvhighlights_row(obj: dict[str, Any], where: str, require_gt: bool = True) -> Query:
+    """One row of the official QVHighlights annotation jsonl."""
+    qid = field_of(obj, "qid", int, where)
+    vid = field_of(obj, "vid", str, where)
+    query = field_of(obj, "query", str, where)
+    duration = float(field_of(obj, "duration", (int, float), where))
+    if duration <= 0:
+        raise DataError(f"{where}: field 'duration' should be > 0, got {duration}")
+    windows: tuple[tuple[float, float], ...] = ()
+    saliency = None
+    if require_gt or "relevant_windows" in obj:
+        windows = windows_of(obj.get("relevant_windows"), where, "relevant_windows")
+    if "relevant_clip_ids" in obj or "saliency_scores" in obj:
+        ids = field_of(obj, "relevant_clip_ids", list, where)
+        scores = field_of(obj, "saliency_scores", list, where)
+        if len(ids) != len(scores):
+            raise DataError(
+                f"{where}: relevant_clip_ids has {len(ids)} entries but saliency_scores has "
+                f"{len(scores)}; expected one score triple per clip id"
+            )
+        saliency = _saliency(ids, scores, where)
+    return Query(qid, vid, query, duration, windows, saliency)
+
+
+def _saliency(ids: list[Any], scores: list[Any], where: str) -> dict[int, tuple[int, ...]]:
+    """clip id -> annotator scores; a malformed entry names the row instead of a bare TypeError."""
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    out: dict[int, tuple[int, ...]] = {}
+    for k, (i, s) in enumerate(zip(ids, scores, strict=True)):
+        if not is_int(i) or i < 0:
+            raise DataError(f"{where}: relevant_clip_ids[{k}] is {i!r:.40}, expected a clip index >= 0")
+        if not isinstance(s, list) or not s or not all(is_int(x) for x in s):
+            raise DataError(
+                f"{where}: saliency_scores[{k}] is {s!r:.60}, expected a list of integer scores "
+                "(one per annotator)"
+            )
+        out[i] = tuple(s)
+    return out
+
+

@@ -1,0 +1,127 @@
+"""Prediction files in the official QVHighlights jsonl format: reading (every line checked),
+matching to the ground truth, writing (atomically)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import DataError
+from harness.core.io import atomic_write_text
+from harness.core.query import Query
+from harness.data.parsing import iter_jsonl
+
+PRED_FIELDS = ("qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores")
+
+
+def align(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Predictions in GT order; ids must match exactly (see `check_prediction_ids`)."""
+    check_prediction_ids(gt, preds)
+    by_qid = {p["qid"]: p for p in preds}
+    return [by_qid[q.qid] for q in gt]
+
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check one official-format prediction row; the error names `where` and the field."""
+    qid = obj.get("qid")
+    if not isinstance(qid, int) or isinstance(qid, bool):
+        got = "nothing" if "qid" not in obj else repr(qid)
+        raise DataError(f"{where}: field 'qid' should be an integer query id, got {got:.60}")
+    for key in ("query", "vid"):
+        if key in obj and not isinstance(obj[key], str):
+            raise DataError(f"{where}: field {key!r} should be a string, got {obj[key]!r:.60}")
+    if "pred_relevant_windows" not in obj:
+        raise DataError(
+            f"{where}: missing field 'pred_relevant_windows' (a list of [start, end, score])"
+        )
+    windows = obj["pred_relevant_windows"]
+    if not isinstance(windows, list):
+        raise DataError(
+            f"{where}: field 'pred_relevant_windows' should be a list of [start, end, score]"
+        )
+    clean = []
+    for k, w in enumerate(windows):
+        if not isinstance(w, list | tuple) or len(w) != 3 or not all(_is_number(x) for x in w):
+            raise DataError(
+                f"{where}: pred_relevant_windows[{k}] is {w!r:.60}, expected [start, end, score] "
+                "as finite numbers"
+            )
+        if w[1] < w[0]:
+            raise DataError(f"{where}: pred_relevant_windows[{k}] = {w!r} ends before it starts")
+        clean.append([float(w[0]), float(w[1]), float(w[2])])
+    row: dict[str, Any] = {"qid": qid, "pred_relevant_windows": clean}
+    for key in ("query", "vid"):
+        if key in obj:
+            row[key] = obj[key]
+    if "pred_saliency_scores" in obj:
+        sal = obj["pred_saliency_scores"]
+        if not isinstance(sal, list) or not sal or not all(_is_number(x) for x in sal):
+            raise DataError(
+                f"{where}: field 'pred_saliency_scores' should be a non-empty list of finite "
+                "numbers, one per 2-s clip"
+            )
+        row["pred_saliency_scores"] = [float(x) for x in sal]
+    return row
+
+
+def load_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Read an official-format prediction jsonl, checking every line; ids must be unique."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prediction file {path} not found")
+    rows: list[dict[str, Any]] = []
+    first_line: dict[int, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        row = parse_prediction_row(obj, f"{path}:{lineno}")
+        if row["qid"] in first_line:
+            raise DataError(
+                f"{path}:{lineno}: qid {row['qid']} already predicted on line {first_line[row['qid']]}"
+            )
+        first_line[row["qid"]] = lineno
+        rows.append(row)
+    return rows
+
+
+def check_prediction_ids(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> None:
+    """Fail unless the predictions cover exactly the GT query ids (as the official evaluator).
+
+    A partial file would otherwise score as if the missing queries did not exist.
+    """
+    gt_ids = [q.qid for q in gt]
+    pred_ids = [p["qid"] for p in preds]
+    gt_set, pred_set = set(gt_ids), set(pred_ids)
+    problems = []
+    if len(pred_set) != len(pred_ids):
+        dup = sorted(k for k, n in Counter(pred_ids).items() if n > 1)
+        problems.append(f"{len(dup)} ids predicted more than once (e.g. {dup[:5]})")
+    missing = [i for i in gt_ids if i not in pred_set]
+    extra = [i for i in pred_ids if i not in gt_set]
+    if missing:
+        problems.append(
+            f"{len(missing)} of {len(gt_ids)} GT query ids have no prediction (e.g. {missing[:5]})"
+        )
+    if extra:
+        problems.append(
+            f"{len(extra)} predicted ids are not in the ground truth (e.g. {extra[:5]})"
+        )
+    if problems:
+        raise DataError("predictions do not match the ground truth: " + "; ".join(problems))
+
+
+def write_predictions(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write rows as official-format jsonl, atomically (a crashed run leaves no half file)."""
+    lines = []
+    for row in rows:
+        out = {k: row[k] for k in PRED_FIELDS if k in row}
+        out.update({k: v for k, v in row.items() if k not in out})
+        lines.append(json.dumps(out, ensure_ascii=False))
+    atomic_write_text(Path(path), "".join(line + "\n" for line in lines))

@@ -1,0 +1,50 @@
+"""Evaluation protocols by name: what a `DatasetSpec.protocol` names.
+
+A protocol is an evaluator (ground truth + predictions -> metrics, with the flat `brief`
+dict every table and sweep reads) and the keys `brief` holds. Datasets say which protocol
+applies; tables and sweeps check the metric keys they name against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.core.query import Query
+from harness.core.registry import Registry
+from harness.data.spec import dataset_spec
+
+Evaluator = Callable[[Sequence[Query], Sequence[Mapping[str, Any]]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    evaluate: Evaluator
+    metric_keys: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{(self.evaluate.__doc__ or '').strip().splitlines()[0]} Keys: {', '.join(self.metric_keys)}"
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol", doc="evaluators and the metric keys they report")
+
+
+def protocol_of(dataset: str) -> Protocol:
+    """The protocol of a registered dataset."""
+    return PROTOCOLS.get(dataset_spec(dataset).protocol)
+
+
+def evaluate(dataset: str, gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Score predictions with the protocol of `dataset`."""
+    return protocol_of(dataset).evaluate(gt, preds)
+
+
+def brief(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The flat metric dict every protocol reports under `brief`."""
+    return dict(metrics["brief"])
+
+
+def all_metric_keys() -> frozenset[str]:
+    return frozenset(k for name in PROTOCOLS for k in PROTOCOLS.get(name).metric_keys)

@@ -1,0 +1,48 @@
+"""The top-1 protocol of Charades-STA and ActivityNet-Captions: R1@{0.3,0.5,0.7} and mIoU of
+the first predicted window over ALL queries (no prediction -> IoU 0), IoU in seconds,
+windows not clipped to the video's duration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from harness.core.errors import DataError
+from harness.core.query import Query
+from harness.eval.predictions import align
+from harness.eval.protocols import PROTOCOLS, Protocol
+from harness.eval.windows import Windows, first_window_iou, pct
+
+TOP1_THRESHOLDS = (0.3, 0.5, 0.7)
+BRIEF_KEYS = (*(f"R1@{t}" for t in TOP1_THRESHOLDS), "mIoU")
+
+
+def first_windows(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> Windows:
+    """Each query's first predicted window (none: an invalid slot), in GT order."""
+    rows = align(gt, preds)
+    return Windows.from_lists([r["pred_relevant_windows"][:1] for r in rows], 1)
+
+
+def top1_ious(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """IoU of each query's first predicted window with its best GT window (0: no window)."""
+    return first_window_iou(first_windows(gt, preds), Windows.from_lists([q.windows for q in gt]))
+
+
+def evaluate_top1(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Charades-STA / ActivityNet: R1@{0.3,0.5,0.7} and mIoU of the first window, all queries."""
+    if not gt:
+        raise DataError("no ground-truth queries to evaluate")
+    first = first_windows(gt, preds)
+    iou = first_window_iou(first, Windows.from_lists([q.windows for q in gt]))
+    brief = {f"R1@{t}": pct(float(np.mean(iou >= t))) for t in TOP1_THRESHOLDS}
+    brief["mIoU"] = pct(float(np.mean(iou)))
+    return {
+        "brief": brief,
+        "n_queries": len(gt),
+        "n_without_prediction": int((~first.valid[:, 0]).sum()),
+    }
+
+
+PROTOCOLS.register("top1")(Protocol("top1", evaluate_top1, BRIEF_KEYS))

@@ -1,0 +1,330 @@
+"""Reading a run's inputs out of the cache: query kinds, caption kinds, similarities.
+
+A query kind (`q`, `qs`, `qd`, `qp`) knows which cached entry holds its texts; a caption
+kind (`Ca`, `Cq`) likewise. `prepare()` reads everything a set of pairs needs, once, and
+turns it into raw cosine similarity tensors; trials then only do arithmetic. Whatever the
+cache lacks is collected first and reported in one `MissingInputs` error that names the
+stage, the backend and how many items are missing, before anything is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.cache.producers import (
+    caption_producer,
+    frame_filter_producer,
+    paraphrase_producer,
+    query_item,
+    rewrite_producer,
+    video_item,
+    video_query_item,
+)
+from harness.cache.store import Cache, Entry, Producer
+from harness.core.query import Dataset, Query
+from harness.core.registry import Registry
+from harness.core.results import Missing, MissingInputs
+from harness.method.scoring import Pair
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Which cached outputs a run reads: everything but the method's own parameters."""
+
+    dataset: str
+    captions: str
+    caption_model: str | None
+    frame_filter: str
+    frame_filter_model: str | None
+    rewriter: str
+    rewriter_model: str
+    instruction_pair: int
+    embedder_model: str
+
+    @classmethod
+    def from_config(cls, cfg: Any, embedder_model: str) -> SourceSpec:
+        return cls(
+            cfg.dataset, cfg.captions, cfg.caption_model, cfg.frame_filter,
+            cfg.frame_filter_model, cfg.rewriter, cfg.rewriter_model, cfg.instruction_pair,
+            embedder_model,
+        )
+
+    def frame_filter_producer(self) -> Producer:
+        return frame_filter_producer(self.frame_filter, self.frame_filter_model)
+
+
+# -- query kinds ----------------------------------------------------------------------------
+class QueryKind:
+    """Where a query kind's texts live in the cache. `producer` None: no cached stage."""
+
+    name = ""
+
+    def producer(self, spec: SourceSpec) -> Producer | None:
+        return None
+
+    def texts(self, q: Query, entry: Entry | None) -> list[str]:
+        raise NotImplementedError
+
+
+QUERY_KIND_REGISTRY: Registry[type[QueryKind]] = Registry(
+    "query kind", QueryKind, doc="where a query kind's texts live in the cache")
+
+
+@QUERY_KIND_REGISTRY.register("q")
+class OriginalQuery(QueryKind):
+    """The query as written (one variant)."""
+
+    name = "q"
+
+    def texts(self, q: Query, entry: Entry | None) -> list[str]:
+        return [q.query]
+
+
+class _RewriteKind(QueryKind):
+    def producer(self, spec: SourceSpec) -> Producer:
+        return rewrite_producer(spec.rewriter, spec.rewriter_model, spec.instruction_pair)
+
+    def texts(self, q: Query, entry: Entry | None) -> list[str]:
+        assert entry is not None
+        return list(entry.value[self.name])
+
+
+@QUERY_KIND_REGISTRY.register("qs")
+class SimplifiedQuery(_RewriteKind):
+    """Simplified rewrites: core entities and actions only (m variants)."""
+
+    name = "qs"
+
+
+@QUERY_KIND_REGISTRY.register("qd")
+class DetailedQuery(_RewriteKind):
+    """Detailed rewrites: every detail kept or added (m variants)."""
+
+    name = "qd"
+
+
+@QUERY_KIND_REGISTRY.register("qp")
+class Paraphrase(QueryKind):
+    """Same-granularity paraphrases (VTG-GPT's Baichuan2 release, m variants)."""
+
+    name = "qp"
+
+    def producer(self, spec: SourceSpec) -> Producer:
+        return paraphrase_producer()
+
+    def texts(self, q: Query, entry: Entry | None) -> list[str]:
+        assert entry is not None
+        return list(entry.value["qp"])
+
+
+# -- caption kinds ---------------------------------------------------------------------------
+class CaptionKind:
+    name = ""
+    per_query = False  # True: one entry per query (aware); False: one per video
+
+    def producer(self, spec: SourceSpec) -> Producer:
+        raise NotImplementedError
+
+    def item(self, family: str, q: Query) -> dict[str, Any]:
+        return video_query_item(family, q) if self.per_query else video_item(family, q.vid)
+
+
+CAPTION_KIND_REGISTRY: Registry[type[CaptionKind]] = Registry(
+    "caption kind", CaptionKind, doc="where a caption kind's texts live in the cache")
+
+
+@CAPTION_KIND_REGISTRY.register("Ca")
+class AgnosticCaptions(CaptionKind):
+    """Query-agnostic captions, one per frame of the video."""
+
+    name = "Ca"
+
+    def producer(self, spec: SourceSpec) -> Producer:
+        return caption_producer(spec.captions, "agnostic", spec.caption_model)
+
+
+@CAPTION_KIND_REGISTRY.register("Cq")
+class AwareCaptions(CaptionKind):
+    """Query-aware captions of the query's candidate frames (top K% by the frame filter)."""
+
+    name = "Cq"
+    per_query = True
+
+    def producer(self, spec: SourceSpec) -> Producer:
+        return caption_producer(
+            spec.captions, "aware", spec.caption_model, frame_filter=spec.frame_filter_producer()
+        )
+
+
+# -- prepared inputs ---------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """Raw similarities for a dataset, ready for any number of trials.
+
+    `sims[(x, C)]` is `(Q, m_x, T_max)` raw cosine, NaN past each video's `n_frames`;
+    for `Cq` it is NaN outside the frames that have an aware caption, whose rank is in
+    `aware_rank` `(Q, T_max)`.
+    """
+
+    dataset: str
+    queries: tuple[Query, ...]
+    n_frames: np.ndarray
+    sims: dict[Pair, np.ndarray]
+    aware_rank: np.ndarray | None
+    fingerprint: str
+    spec: SourceSpec
+    synthetic: bool = False
+
+    @property
+    def t_max(self) -> int:
+        return int(self.n_frames.max()) if self.n_frames.size else 0
+
+    def has(self, pairs: Iterable[Pair]) -> bool:
+        return all(p in self.sims for p in pairs)
+
+    def head(self, n: int) -> Prepared:
+        """The first `n` queries: what a pruned sweep trial scores before the rest."""
+        return Prepared(
+            self.dataset, self.queries[:n], self.n_frames[:n],
+            {k: v[:n] for k, v in self.sims.items()},
+            None if self.aware_rank is None else self.aware_rank[:n],
+            self.fingerprint, self.spec, self.synthetic,
+        )
+
+
+def _required_pairs(pairs: Iterable[Pair], cq_fallback: str) -> set[Pair]:
+    need = set(pairs)
+    for x, c in list(need):
+        if c == "Cq" and cq_fallback == "ca":
+            need.add((x, "Ca"))
+    return need
+
+
+def prepare(
+    cache: Cache,
+    dataset: Dataset,
+    spec: SourceSpec,
+    pairs: Iterable[Pair],
+    cq_fallback: str = "ca",
+) -> Prepared:
+    """Read every entry and embedding that `pairs` need; raise MissingInputs listing gaps."""
+    need = _required_pairs(pairs, cq_fallback)
+    queries = dataset.queries
+    cache.reset_reads()  # the fingerprint covers exactly what this preparation read
+    qkinds = {x: QUERY_KIND_REGISTRY.get(x)() for x in sorted({x for x, _ in need})}
+    ckinds = {c: CAPTION_KIND_REGISTRY.get(c)() for c in sorted({c for _, c in need})}
+    missing: list[Missing] = []
+    name = dataset.label
+
+    # 1. text entries
+    entries: dict[str, list[Entry | None]] = {}
+
+    def fetch(label: str, producer: Producer, items: list[dict[str, Any]], unit: str) -> None:
+        got = cache.get_many(producer, items)
+        rows = [got.get(producer.key(it)) for it in items]
+        absent = sum(1 for r in rows if r is None)
+        failed = sum(1 for r in rows if r is not None and r.status != "ok")
+        if absent or failed:
+            hint = f"{failed} failed" if failed else ""
+            missing.append(Missing.stage(producer.stage, producer.backend, absent + failed, len(rows), unit, hint))
+        entries[label] = rows
+
+    for kind in qkinds.values():
+        producer = kind.producer(spec)
+        if producer is not None and f"q:{producer.digest}" not in entries:
+            fetch(f"q:{producer.digest}", producer, [query_item(q) for q in queries], "queries")
+    for c, kind in ckinds.items():
+        try:
+            producer = kind.producer(spec)
+        except ValueError as e:  # e.g. a backbone without an aware mode
+            stage = "captions_aware" if kind.per_query else "captions_agnostic"
+            missing.append(Missing.stage(stage, spec.captions, len(queries), len(queries), "queries", str(e)))
+            continue
+        items = [kind.item(dataset.family, q) for q in queries]
+        fetch(f"c:{c}", producer, items, "queries")
+    if missing:
+        raise MissingInputs(missing, name)
+
+    # 2. texts -> embeddings
+    def query_texts(x: str, i: int) -> list[str]:
+        kind = qkinds[x]
+        producer = kind.producer(spec)
+        entry = entries[f"q:{producer.digest}"][i] if producer is not None else None
+        return kind.texts(queries[i], entry)
+
+    emb_missing = 0
+    emb_total = 0
+
+    def embed(texts: list[str]) -> np.ndarray | None:
+        nonlocal emb_missing, emb_total
+        emb_total += 1
+        if not texts:
+            return np.zeros((0, 1), dtype=np.float32)
+        m = cache.get_embeddings(spec.embedder_model, texts)
+        if m is None:
+            emb_missing += 1
+        return m
+
+    q_emb: dict[str, list[np.ndarray | None]] = {
+        x: [embed(query_texts(x, i)) for i in range(len(queries))] for x in qkinds
+    }
+    ca_rows = entries.get("c:Ca")
+    cq_rows = entries.get("c:Cq")
+    ca_emb: dict[str, np.ndarray | None] = {}
+    if ca_rows is not None:
+        for q, e in zip(queries, ca_rows, strict=True):
+            if q.vid not in ca_emb and e is not None:
+                ca_emb[q.vid] = embed(list(e.value))
+    cq_emb = [embed(list(e.value["captions"])) if e is not None else None for e in cq_rows] if cq_rows else []
+    if emb_missing:
+        raise MissingInputs(
+            [Missing.stage("embeddings", spec.embedder_model, emb_missing, emb_total, "text lists",
+                           f"run: granalign cache embed --dataset {dataset.name}")],
+            name,
+        )
+
+    # 3. frame counts: the agnostic captions (one per decoded frame), else the clip grid
+    n_frames = np.array(
+        [len(ca_rows[i].value) if ca_rows is not None else q.n_clips for i, q in enumerate(queries)],
+        dtype=np.int64,
+    )
+    t_max = int(n_frames.max()) if len(queries) else 0
+    nq = len(queries)
+
+    aware_rank = None
+    cq_cols: list[np.ndarray] = []
+    if cq_rows is not None:
+        aware_rank = np.full((nq, t_max), np.iinfo(np.int32).max, dtype=np.int64)
+        for i, e in enumerate(cq_rows):
+            assert e is not None
+            frames = np.asarray(e.value["frames"], dtype=np.int64)
+            ok = frames < n_frames[i]
+            cols = frames[ok]
+            aware_rank[i, cols] = np.arange(frames.size)[ok]
+            cq_cols.append(np.flatnonzero(ok))
+
+    sims: dict[Pair, np.ndarray] = {}
+    for x, c in sorted(need):
+        m_x = max(int(q_emb[x][i].shape[0]) for i in range(nq)) if nq else 1
+        out = np.full((nq, m_x, t_max), np.nan, dtype=np.float32)
+        for i, q in enumerate(queries):
+            qe = q_emb[x][i]
+            assert qe is not None
+            if c == "Ca":
+                ce = ca_emb[q.vid]
+                assert ce is not None
+                out[i, : qe.shape[0], : n_frames[i]] = qe @ ce[: n_frames[i]].T
+            else:
+                ce = cq_emb[i]
+                assert ce is not None and cq_rows is not None
+                frames = np.asarray(cq_rows[i].value["frames"], dtype=np.int64)
+                keep = cq_cols[i]
+                row = out[i]  # a view; row[:m, cols] keeps (m, len(cols)) order
+                row[: qe.shape[0], frames[keep]] = qe @ ce[keep].T
+        sims[(x, c)] = out
+    return Prepared(name, tuple(queries), n_frames, sims, aware_rank, cache.fingerprint(), spec,
+                    dataset.synthetic)

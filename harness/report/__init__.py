@@ -1,0 +1,2 @@
+"""What a user reads: the paper's tables as data and their rendering (`tables`), figures
+(`plots`) and MLflow tracking (`tracking`)."""

@@ -1,0 +1,268 @@
+"""Optuna studies shared by worker processes, on Optuna's public API only.
+
+Tables and sweeps are Optuna studies in an RDB storage (SQLite by default, PostgreSQL when
+several machines share one). Workers loop: under the study's lock they look at the trials,
+decide whether another trial is due (the budget of a sweep, the next row of a table) and
+create it with `Study.ask` (popping a WAITING retry or an enqueued row); then, outside the
+lock, they compute it and `Study.tell` the result. Holding the lock around the decision and
+the `ask` makes both exact across processes and machines: no trial beyond the budget, no
+WAITING trial popped twice (SQLite's transactions let two processes claim the same one).
+
+The lock is a file lock beside a SQLite database, a PostgreSQL advisory lock, a MySQL named
+lock, or (another RDB) a lock within the process only.
+
+A worker records a heartbeat in its running trial's user attributes (`granalign.worker`:
+host, pid, trial number, last beat). A running trial whose worker process is gone (same
+host) or whose heartbeat is older than `GRACE_PERIOD` (any host) is failed with
+`Study.tell`; a sweep then enqueues its retry with Optuna's
+`RetryHeartbeatStaleTrialCallback`, so no trial is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.core.errors import ConfigError
+from harness.core.io import sha256_hex
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+STORAGE_ENV = "GRANALIGN_OPTUNA_STORAGE"
+WORKER_ATTR = "granalign.worker"
+HEARTBEAT_INTERVAL = 2.0  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 20.0  # seconds without a heartbeat after which another host's trial is stale
+MAX_RETRY = 2
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_url(url: str | None = None) -> str:
+    """The storage URL given, else `$GRANALIGN_OPTUNA_STORAGE`, else `sqlite:///optuna.db`."""
+    url = url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in RDB_SCHEMES:
+        raise ConfigError(
+            f"Optuna storage {url!r}: unknown scheme {scheme!r}; expected one of "
+            f"{', '.join(s + '://...' for s in RDB_SCHEMES)} (e.g. sqlite:///optuna.db)")
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///` URL; None for other RDBs and in-memory SQLite."""
+    if not url.startswith("sqlite:///") or url in ("sqlite://", "sqlite:///:memory:"):
+        return None
+    return Path(url[len("sqlite:///"):].split("?", 1)[0])
+
+
+# -- locks ---------------------------------------------------------------------------------------
+_THREAD_LOCK = threading.RLock()
+_HELD: dict[str, int] = {}  # lock key -> depth, while this process holds it
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive flock on `path` across processes, re-entrant within one process
+    (threads of the process are serialised too). None: a lock within the process only."""
+    with _THREAD_LOCK:
+        key = str(path)
+        if path is None or key in _HELD:
+            _HELD[key] = _HELD.get(key, 0) + 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+                if not _HELD[key]:
+                    del _HELD[key]
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def study_lock(url: str, study: str) -> Iterator[None]:
+    """Exclusive across every process (and machine) that works on `study` in `url`."""
+    db = sqlite_path(url)
+    if db is not None or not url.startswith(("postgresql", "mysql")):
+        with file_lock(None if db is None else db.with_name(db.name + ".lock")):
+            yield
+        return
+    import sqlalchemy  # a dependency of optuna
+
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    key = int(sha256_hex(f"granalign:{study}")[:15], 16)
+    with _THREAD_LOCK, engine.connect() as con:
+        if url.startswith("postgresql"):
+            con.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+            try:
+                yield
+            finally:
+                con.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+        else:
+            con.exec_driver_sql(f"SELECT GET_LOCK('granalign-{key}', 600)")
+            try:
+                yield
+            finally:
+                con.exec_driver_sql(f"SELECT RELEASE_LOCK('granalign-{key}')")
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage for `url`. A fresh SQLite database's schema is created under the
+    file lock: two processes creating it at once fail on `alembic_version`."""
+    db = sqlite_path(url)
+    lock = None if db is None else db.with_name(db.name + ".lock")
+    kwargs: dict[str, Any] = {}
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    with file_lock(lock):
+        return optuna.storages.RDBStorage(url, **kwargs)
+
+
+# -- workers and heartbeats ----------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not waited for yet is a zombie: dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def worker_of(t: FrozenTrial) -> dict[str, Any]:
+    """The worker attribute of a trial, if it is this trial's own (a retry inherits the
+    failed trial's user attributes; `trial` tells them apart)."""
+    w = t.user_attrs.get(WORKER_ATTR) or {}
+    return w if w.get("trial") == t.number else {}
+
+
+def worker_gone(t: FrozenTrial, now: float | None = None) -> str:
+    """Why a RUNNING trial's worker is gone ('' while it lives)."""
+    w = worker_of(t)
+    if not w:  # created but not yet claimed: the creator sets the attribute under the lock
+        return ""
+    if w.get("host") == socket.gethostname() and isinstance(w.get("pid"), int):
+        return "" if _pid_alive(w["pid"]) else f"worker process {w['pid']} died"
+    beat = float(w.get("beat", 0.0))
+    if (now or time.time()) - beat > GRACE_PERIOD:
+        return f"no heartbeat from {w.get('host')}:{w.get('pid')} for {GRACE_PERIOD:.0f} s"
+    return ""
+
+
+def claim(t: optuna.Trial) -> None:
+    """Mark a freshly asked trial as this process's (call under the study lock)."""
+    t.set_user_attr(WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid(),
+                                  "trial": t.number, "beat": time.time()})
+
+
+@contextlib.contextmanager
+def heartbeat(t: optuna.Trial) -> Iterator[None]:
+    """Refresh the trial's heartbeat every HEARTBEAT_INTERVAL seconds while the block runs."""
+    stop = threading.Event()
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "trial": t.number}
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL):
+            with contextlib.suppress(Exception):  # a missed beat is retried; never kill the trial
+                t.set_user_attr(WORKER_ATTR, {**info, "beat": time.time()})
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{t.number}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna's retry of a failed trial (a WAITING copy with `failed_trial` set)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+            return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        return optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
+
+
+def reap_dead_trials(study: optuna.Study, retry: Callable[..., None] | None = None) -> list[FrozenTrial]:
+    """Fail the RUNNING trials whose worker is gone (and enqueue their retries with `retry`);
+    the trials failed here. Call under the study lock."""
+    failed = []
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        why = worker_gone(t, now)
+        if not why:
+            continue
+        try:
+            frozen = study.tell(t.number, state=TrialState.FAIL)
+        except ValueError:  # finished meanwhile by its worker
+            continue
+        failed.append(frozen)
+        if retry is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                retry(study, frozen)
+    return failed
+
+
+def count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+# -- worker processes ------------------------------------------------------------------------------
+def run_workers(target: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]) -> list[int]:
+    """Run `target(*job)` in one new process per job (spawned: no state inherited, nothing on
+    the command line) and wait for all; their exit codes."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=job, daemon=False) for job in jobs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return [int(p.exitcode or 0) for p in procs]
+
+
+def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str) -> int:
+    """MLflow child runs of trials that are no longer RUNNING (their worker died): KILLED.
+
+    The trial is found by the child's `trial` tag, so a worker killed between opening the
+    child and recording its run id leaves no RUNNING run either."""
+    state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in tracker.children(parent_id):
+        if run.info.status != "RUNNING":
+            continue
+        number = run.data.tags.get("trial")
+        if number is not None and state.get(int(number)) != TrialState.RUNNING:
+            tracker.finish(run.info.run_id, "KILLED")
+            closed += 1
+    return closed

@@ -1,0 +1,358 @@
+"""Hyperparameter sweeps: Optuna studies over a search space declared in YAML.
+
+A sweep samples configs with TPE (optionally multi-objective), random search or NSGA-II,
+with median pruning on growing query subsets (25 %, 50 %, then all). Any number of worker
+processes (on any number of machines, with a PostgreSQL storage) share the study. A worker
+takes a trial only while complete + pruned + running trials are below the budget, decided
+under the study's lock (`harness.runner.studies`), so a sweep ends with exactly `n_trials`
+finished trials; the trial of a killed worker is failed and retried (Optuna's
+`RetryHeartbeatStaleTrialCallback`), so none is lost. Before the first trial the sweep
+checks that the cache feeds its configs, and it stops (with the `missing:` report) when it
+does not. Every trial is a nested MLflow child run under one parent run per sweep.
+
+The space is checked when the file is loaded: every bound and choice must make a valid
+config, every objective must be a metric of the dataset's protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness.config import ExperimentConfig, load_config
+from harness.core.errors import ConfigError, HarnessError
+from harness.core.io import canonical_json, sha256_hex
+from harness.core.results import Failed, MissingInputs
+from harness.core.yaml_io import load_yaml
+from harness.eval.protocols import brief, protocol_of
+from harness.report.tracking import Tracker, flatten_metrics, metric_key, provenance_tags
+from harness.runner import studies
+from harness.runner.settings import Pools, Settings
+from harness.runner.trial import trial
+
+PRUNE_FRACTIONS = (0.25, 0.5)
+TRIAL_DELAY_ENV = "GRANALIGN_TRIAL_DELAY"  # test hook: seconds each trial sleeps (a slow trial)
+_SPACE_TYPES = ("float", "int", "categorical")
+_SWEEP_KEYS = ("name", "base", "overrides", "objectives", "space", "sampler", "pruner")
+
+
+class SweepStopped(HarnessError):
+    """A sweep that cannot reach its budget (every trial fails)."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: str
+    overrides: Mapping[str, Any]
+    objectives: tuple[tuple[str, str], ...]  # (metric, maximize|minimize)
+    space: Mapping[str, Mapping[str, Any]]
+    sampler: Mapping[str, Any]
+    pruner: Mapping[str, Any] | None
+    path: Path
+
+    def base_config(self, extra: Mapping[str, Any] | None = None) -> ExperimentConfig:
+        return load_config(self.path.parent / self.base, {**self.overrides, **(extra or {})})
+
+    def digest(self, extra: Mapping[str, Any]) -> str:
+        return sha256_hex(canonical_json({
+            "base": self.base_config(extra).hash(), "space": self.space,
+            "objectives": self.objectives, "sampler": self.sampler, "pruner": self.pruner,
+        }))[:8]
+
+    def study_name(self, extra: Mapping[str, Any]) -> str:
+        return f"sweep-{self.name}-{self.digest(extra)}"
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Load and check a sweep file: keys, objectives, and every bound and choice of the space."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} not found")
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with the keys {', '.join(_SWEEP_KEYS)}")
+    unknown = sorted(set(data) - set(_SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_SWEEP_KEYS))}")
+    for key in ("name", "base", "objectives", "space"):
+        if key not in data:
+            raise ConfigError(f"{path}: missing key {key!r}")
+    if not isinstance(data["objectives"], list) or not data["objectives"]:
+        raise ConfigError(f"{path}: 'objectives' should be a non-empty list of {{metric, direction}}")
+    objectives = []
+    for o in data["objectives"]:
+        if not isinstance(o, dict) or "metric" not in o:
+            raise ConfigError(f"{path}: each objective needs 'metric' (and 'direction'), got {o!r}")
+        direction = o.get("direction", "maximize")
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(f"{path}: direction must be maximize or minimize, got {direction!r}")
+        objectives.append((str(o["metric"]), direction))
+    space = data["space"]
+    if not isinstance(space, dict):
+        raise ConfigError(f"{path}: 'space' should map config keys to distributions")
+    fields = set(ExperimentConfig.__dataclass_fields__)
+    for param, dist in space.items():
+        if param not in fields:
+            raise ConfigError(f"{path}: space parameter {param!r} is not a config key")
+        if not isinstance(dist, dict) or dist.get("type") not in _SPACE_TYPES:
+            raise ConfigError(f"{path}: space.{param} needs type: float | int | categorical")
+    for key in ("overrides", "sampler", "pruner"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"{path}: {key!r} should be a mapping")
+    spec = SweepSpec(
+        str(data["name"]), str(data["base"]), dict(data.get("overrides") or {}), tuple(objectives),
+        dict(space), dict(data.get("sampler") or {"type": "tpe"}), data.get("pruner"), path,
+    )
+    try:  # validates base + overrides now, not in a worker
+        base = spec.base_config()
+    except ConfigError as e:  # the message names the base file; say which sweep used it
+        raise ConfigError(f"{path}: base/overrides: {e}") from None
+    _check_space(spec, base)
+    _sampler(spec)
+    _pruner(spec)
+    return spec
+
+
+def _check_space(spec: SweepSpec, base: ExperimentConfig) -> None:
+    """Every bound and choice of the space, and every objective, checked on the base config."""
+    keys = protocol_of(base.dataset).metric_keys
+    for metric, _ in spec.objectives:
+        if metric not in keys:
+            raise ConfigError(f"{spec.path}: objective metric {metric!r} is not reported on "
+                              f"{base.dataset}; valid: {', '.join(keys)}")
+    for param, d in spec.space.items():
+        where = f"{spec.path}: space.{param}"
+        if d["type"] == "categorical":
+            values = d.get("choices")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: 'choices' should be a non-empty list")
+        else:
+            lo, hi = d.get("low"), d.get("high")
+            number = int if d["type"] == "int" else (int, float)
+            if not all(isinstance(v, number) and not isinstance(v, bool) for v in (lo, hi)):
+                raise ConfigError(f"{where}: 'low' and 'high' should be {d['type']}s, got {lo!r}, {hi!r}")
+            if lo > hi:
+                raise ConfigError(f"{where}: low {lo} > high {hi}")
+            step = d.get("step")
+            if step is not None and (not isinstance(step, int | float) or step <= 0):
+                raise ConfigError(f"{where}: step should be > 0, got {step!r}")
+            values = [lo, hi]
+        for v in values:
+            try:
+                base.replace(**{param: v})
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {v!r} does not make a valid config: {e}") from None
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, d in space.items():
+        if d["type"] == "float":
+            value = trial.suggest_float(name, d["low"], d["high"], step=d.get("step"), log=d.get("log", False))
+            # a stepped value is low + k * step in floating point (0.7000000000000001): round it
+            # so that equal settings give equal config hashes (a table row, another trial)
+            out[name] = round(value, 12) if d.get("step") else value
+        elif d["type"] == "int":
+            out[name] = trial.suggest_int(name, d["low"], d["high"], step=d.get("step", 1))
+        else:
+            choices = [json.dumps(c) if isinstance(c, list | dict) else c for c in d["choices"]]
+            value = trial.suggest_categorical(name, choices)
+            out[name] = json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
+    return out
+
+
+def _sampler(spec: SweepSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; worker k of a parallel sweep gets seed + k (equal seeds would
+    make every worker propose the same parameters, trial after trial)."""
+    kind = spec.sampler.get("type", "tpe")
+    seed = spec.sampler.get("seed")
+    if seed is not None:
+        seed = int(seed) + worker
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=bool(spec.sampler.get("multivariate", True)),
+                                          n_startup_trials=int(spec.sampler.get("n_startup_trials", 10)))
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ConfigError(f"{spec.path}: sampler type must be tpe, random or nsga2, got {kind!r}")
+
+
+def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    if not spec.pruner or len(spec.objectives) > 1:
+        return optuna.pruners.NopPruner()
+    if spec.pruner.get("type", "median") != "median":
+        raise ConfigError(f"{spec.path}: pruner type must be median")
+    return optuna.pruners.MedianPruner(n_startup_trials=int(spec.pruner.get("n_startup_trials", 5)))
+
+
+def _tracker(spec: SweepSpec, settings: Settings) -> Tracker:
+    return Tracker(f"sweep-{spec.name}", settings.tracking_uri)
+
+
+def _finished(study: optuna.Study) -> int:
+    return studies.count(study, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SweepWorker:
+    """Takes trials of a sweep study while its budget allows, computes and logs them."""
+
+    def __init__(self, space: str | Path, settings: Settings, parent_id: str, n_trials: int,
+                 worker: int = 0) -> None:
+        self.spec = load_sweep(space)
+        self.settings = settings
+        self.base = self.spec.base_config(settings.resolved_overrides())
+        self.pool = Pools(settings)(self.base.dataset)
+        self.url = studies.storage_url(settings.storage)
+        self.name = self.spec.study_name(settings.resolved_overrides())
+        self.study = optuna.load_study(study_name=self.name, storage=studies.open_storage(self.url),
+                                       sampler=_sampler(self.spec, worker), pruner=_pruner(self.spec))
+        self.parent_id = parent_id
+        self.tracker = _tracker(self.spec, settings)
+        self.n_trials = n_trials
+        self.retry = studies.retry_callback()
+        self.delay = float(os.environ.get(TRIAL_DELAY_ENV, "0") or 0)
+
+    def next_trial(self) -> optuna.Trial | None:
+        """A new (or retried) trial of this process, or None once the budget is taken."""
+        with studies.study_lock(self.url, self.name):
+            studies.reap_dead_trials(self.study, self.retry)
+            states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            if studies.count(self.study, *states) >= self.n_trials:
+                return None
+            errors = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                      if "error" in t.user_attrs]
+            if len(errors) >= max(3, self.n_trials):
+                raise SweepStopped(f"sweep {self.spec.name}: {len(errors)} trials failed, the last "
+                                   f"with: {errors[-1].user_attrs['error']}")
+            t = self.study.ask()
+            studies.claim(t)
+            return t
+
+    def run(self) -> None:
+        while (t := self.next_trial()) is not None:
+            with studies.heartbeat(t):
+                self.run_one(t)
+
+    def run_one(self, t: optuna.Trial) -> None:
+        run_id = None
+        try:
+            params = suggest(t, self.spec.space)
+            cfg = self.base.replace(**params, name=f"{self.spec.name}/trial{t.number}")
+            prep = self.pool.get(cfg)
+            run_id = self.tracker.child(
+                self.parent_id, f"trial {t.number}", "trial", cfg.flat_params(),
+                provenance_tags(cfg.hash(), prep.fingerprint, cfg.dataset,
+                                {"sweep": self.spec.name, "trial": t.number, "seed": cfg.seed}),
+            )
+            t.set_user_attr("mlflow_run_id", run_id)
+            t.set_user_attr("config_hash", cfg.hash())
+            if self.delay:
+                time.sleep(self.delay)
+            if len(self.spec.objectives) == 1 and self.spec.pruner:
+                metric = self.spec.objectives[0][0]
+                for step, frac in enumerate(PRUNE_FRACTIONS):
+                    n = max(1, int(len(prep.queries) * frac))
+                    value = brief(trial(prep.head(n), cfg))[metric]
+                    t.report(value, step)
+                    self.tracker.log_metrics(run_id, {f"partial/{metric_key(metric)}": value}, step)
+                    if t.should_prune():
+                        self.tracker.set_tags(run_id, {"status": "pruned"})
+                        self.tracker.finish(run_id)
+                        self.study.tell(t, state=TrialState.PRUNED)
+                        return
+            metrics = trial(prep, cfg)
+            flat = brief(metrics)
+            t.set_user_attr("metrics", flat)
+            self.tracker.log_metrics(run_id, flatten_metrics(metrics))
+            self.tracker.set_tags(run_id, {"status": "ok"})
+            self.tracker.finish(run_id)
+            values = [float(flat[m]) for m, _ in self.spec.objectives]
+            self.study.tell(t, values[0] if len(values) == 1 else values)
+        except Exception as e:
+            failed = Failed.from_error(e)
+            t.set_user_attr("error", failed.reason)
+            if run_id is not None:
+                self.tracker.set_tags(run_id, {"status": "failed", "error": failed.reason})
+                self.tracker.finish(run_id, "FAILED")
+            self.study.tell(t, state=TrialState.FAIL)
+
+
+def _sweep_worker_main(space: str, settings: Settings, parent_id: str, n_trials: int, worker: int) -> None:
+    SweepWorker(space, settings, parent_id, n_trials, worker).run()
+
+
+def check_inputs(spec: SweepSpec, settings: Settings) -> None:
+    """Raise MissingInputs (before any trial) when the cache cannot feed the sweep's base
+    config, or any categorical choice of the space."""
+    base = spec.base_config(settings.resolved_overrides())
+    pools = Pools(settings)
+    configs = [base] + [base.replace(**{p: c}) for p, d in spec.space.items()
+                        if d["type"] == "categorical" for c in d["choices"]]
+    gaps = []
+    for cfg in configs:
+        try:
+            pools(cfg.dataset).get(cfg)
+        except MissingInputs as e:
+            gaps.extend(m for m in e.missing if m not in gaps)
+    if gaps:
+        raise MissingInputs(gaps, base.dataset)
+
+
+def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool = True) -> dict[str, Any]:
+    """Run (or resume) a sweep until `n_trials` trials are complete or pruned."""
+    t0 = time.perf_counter()
+    spec = load_sweep(space)
+    check_inputs(spec, settings)
+    name = spec.study_name(settings.resolved_overrides())
+    url = studies.storage_url(settings.storage)
+    study = optuna.create_study(study_name=name, storage=studies.open_storage(url),
+                                directions=[d for _, d in spec.objectives], load_if_exists=True)
+    tracker = _tracker(spec, settings)
+    parent_id = tracker.parent(name, name, {"sweep": spec.name, "space": str(spec.path),
+                                            "n_trials": n_trials})
+    try:
+        with studies.study_lock(url, name):
+            studies.reap_dead_trials(study, studies.retry_callback())
+        studies.close_orphan_runs(study, tracker, parent_id)
+        if _finished(study) < n_trials:
+            if settings.workers <= 1:
+                SweepWorker(spec.path, settings, parent_id, n_trials).run()
+            else:
+                codes = studies.run_workers(_sweep_worker_main, [
+                    (str(spec.path), settings, parent_id, n_trials, k) for k in range(settings.workers)])
+                if any(codes):
+                    print(f"warning: sweep workers exited with {codes}", flush=True)
+        studies.close_orphan_runs(study, tracker, parent_id)
+        summary = sweep_summary(study, spec)
+        tracker.log_text(parent_id, json.dumps(summary, indent=2), "sweep_summary.json")
+    except BaseException:
+        tracker.finish(parent_id, "FAILED")
+        raise
+    tracker.finish(parent_id, "FINISHED" if _finished(study) >= n_trials else "FAILED")
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["study"] = name
+    if echo:
+        print(json.dumps(summary, indent=2))
+    return summary
+
+
+def sweep_summary(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    best = [
+        {"number": t.number, "values": t.values, "params": t.params}
+        for t in (study.best_trials if _finished(study) else [])
+    ]
+    return {"sweep": spec.name, "objectives": [list(o) for o in spec.objectives], "trials": states,
+            "best": best[:5]}

@@ -1,0 +1,441 @@
+"""Paper tables as Optuna studies: one trial per row, computed once, tracked in MLflow.
+
+A table is a study whose trials are its rows (param `row`). `run_table` finds the rows the
+cache can feed (the others become `missing: ...` cells and one MLflow child run each, once)
+and the rows without a COMPLETE trial of the current config hash, and starts workers (in
+this process, or several processes). A worker claims the next due row under the study's
+lock (`Study.enqueue_trial` + `Study.ask`: see `harness.runner.studies`), computes it
+outside the lock and tells the result; a row that raises becomes a FAIL trial whose error
+is the cell (`failed: ...`), the same with one worker or many. A second run of a table
+computes nothing and only re-renders it; a rerun after a failure or a kill retries the
+failed rows only, and closes the MLflow runs that dead workers left RUNNING.
+
+Every row is a nested MLflow child run under one parent run per table, which always ends
+(FINISHED, or FAILED when the table run itself raised).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from harness.build.metering import efficiency_summary
+from harness.config import ExperimentConfig
+from harness.core.errors import DataFileMissing
+from harness.core.io import atomic_write_text, canonical_json, sha256_hex
+from harness.core.results import Failed, Missing, MissingInputs, Outcome
+from harness.data.spec import dataset_spec
+from harness.eval.protocols import brief
+from harness.eval.top1 import top1_ious
+from harness.method.sources import Prepared
+from harness.report import plots
+from harness.report.tables import TableSpec, load_table, render_all, row_config
+from harness.report.tracking import (
+    Tracker,
+    evaluator_key,
+    flatten_metrics,
+    metric_key,
+    provenance_tags,
+)
+from harness.runner import studies
+from harness.runner.settings import DEMO_OVERRIDES, Pools, Settings
+from harness.runner.trial import trial
+
+FAIL_ROWS_ENV = "GRANALIGN_TEST_FAIL_ROWS"  # test hook: comma list of rows that raise
+
+
+@dataclass
+class TableRun:
+    spec: TableSpec
+    results: dict[str, Outcome]
+    rendered: dict[str, str]
+    computed: int
+    reused: int
+    seconds: float
+    study: str
+    parent_run_id: str | None = None
+
+
+def row_configs(spec: TableSpec, settings: Settings) -> dict[str, ExperimentConfig]:
+    """Runnable rows -> config. `--set` overrides change the base: a key that the row sets
+    itself (Table 6's `captions: blip2`) keeps the row's value. `--demo` replaces the
+    dataset of every row."""
+    out = {}
+    for row in spec.runnable_rows():
+        cfg = row_config(spec, row)
+        under = {k: v for k, v in settings.overrides.items() if k not in (row.overrides or {})}
+        if settings.demo:
+            under.update(DEMO_OVERRIDES)
+        out[row.name] = cfg.replace(**under) if under else cfg
+    return out
+
+
+def effective_spec(spec: TableSpec, settings: Settings) -> TableSpec:
+    """The spec as run: the datasets really used, and the command line's overrides noted."""
+    over = settings.resolved_overrides()
+    if not over:
+        return spec
+    datasets = spec.datasets
+    if "dataset" in over:
+        label = str(over["dataset"])
+        if dataset_spec(label).synthetic:
+            label += " (SYNTHETIC demo data: our numbers say nothing about the paper's)"
+        datasets = (label,)
+    # `--set` keys apply under the rows' own overrides (row_configs): say where they did
+    rows = spec.runnable_rows()
+    shown, ignored = [], []
+    for k, v in settings.overrides.items():
+        if k == "dataset" and settings.demo:
+            continue
+        setting = sum(1 for r in rows if k in (r.overrides or {}))
+        if setting == len(rows) and rows:
+            ignored.append(f"{k}={v}")
+        else:
+            shown.append(f"{k}={v}" + (f" (rows that do not set {k})" if setting else ""))
+    note = spec.note or ""
+    if ignored:
+        note = f"Not applied: {', '.join(ignored)} (every row sets it). {note}".strip()
+    if shown:
+        note = f"Our rows were run with {', '.join(shown)} (the paper's settings otherwise). {note}".strip()
+    return dataclasses.replace(spec, datasets=datasets, note=note or None)
+
+
+def table_study_name(spec: TableSpec, settings: Settings) -> str:
+    over = settings.resolved_overrides()
+    return f"table{spec.id}-{sha256_hex(canonical_json(over))[:8]}"
+
+
+def _primary_metric(spec: TableSpec) -> str:
+    return next(iter(spec.columns.values()))
+
+
+def _unavailable(err: Exception, dataset: str) -> Missing | None:
+    """The `Missing` a row shows when its inputs are absent; None for any other error."""
+    if isinstance(err, MissingInputs):
+        return err.as_missing()
+    if isinstance(err, DataFileMissing):
+        return Missing(f"dataset {dataset}", hint=str(err))
+    return None
+
+
+def _tracker(spec: TableSpec, settings: Settings) -> Tracker:
+    return Tracker(f"table-{spec.id}", settings.tracking_uri)
+
+
+def _complete_rows(study: optuna.Study, configs: Mapping[str, ExperimentConfig]) -> dict[str, Any]:
+    """row -> its latest COMPLETE trial whose config hash equals the row's current one."""
+    out: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        name = t.params.get("row")
+        if name in configs and t.user_attrs.get("config_hash") == configs[name].hash():
+            out[name] = t
+    return out
+
+
+# -- the worker --------------------------------------------------------------------------------------
+class RowWorker:
+    """Claims due rows of a table study one at a time, computes and logs them."""
+
+    def __init__(self, table: str, settings: Settings, study_name: str, parent_id: str,
+                 table_run: str, rows: list[str]) -> None:
+        self.spec = load_table(table)
+        self.settings = settings
+        self.configs = row_configs(self.spec, settings)
+        self.rows = rows  # the rows this table run computes, in table order
+        self.pools = Pools(settings)
+        self.url = studies.storage_url(settings.storage)
+        self.study = optuna.load_study(study_name=study_name, storage=studies.open_storage(self.url))
+        self.study_name = study_name
+        self.parent_id = parent_id
+        self.table_run = table_run
+        self.tracker = _tracker(self.spec, settings)
+        self.failing = set(filter(None, os.environ.get(FAIL_ROWS_ENV, "").split(",")))
+
+    def _due(self, row: str, trials: list[Any]) -> bool:
+        """Not complete (current hash), not running, not failed in this table run."""
+        h = self.configs[row].hash()
+        for t in trials:
+            if t.params.get("row", (t.system_attrs.get("fixed_params") or {}).get("row")) != row:
+                continue
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("config_hash") == h:
+                return False
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                return False
+            if t.state == TrialState.FAIL and t.user_attrs.get("table_run") == self.table_run:
+                return False
+        return True
+
+    def claim(self) -> tuple[optuna.Trial, str] | None:
+        """The next due row as a RUNNING trial of this process, or None when none is left."""
+        with studies.study_lock(self.url, self.study_name):
+            studies.reap_dead_trials(self.study)
+            while True:
+                trials = self.study.get_trials(deepcopy=False)
+                if not any(t.state == TrialState.WAITING for t in trials):
+                    row = next((r for r in self.rows if self._due(r, trials)), None)
+                    if row is None:
+                        return None
+                    self.study.enqueue_trial({"row": row}, user_attrs={
+                        "config_hash": self.configs[row].hash(), "table_run": self.table_run})
+                t = self.study.ask()
+                row = t.suggest_categorical("row", list(self.configs))
+                if t.user_attrs.get("table_run") == self.table_run and row in self.rows:
+                    studies.claim(t)
+                    return t, row
+                # a queue entry left by a process that died between enqueue and ask
+                t.set_user_attr("error", "stale queue entry")
+                self.study.tell(t, state=TrialState.FAIL)
+
+    def run(self) -> int:
+        done = 0
+        while (claimed := self.claim()) is not None:
+            t, row = claimed
+            with studies.heartbeat(t):
+                self.run_one(t, row)
+            done += 1
+        return done
+
+    def run_one(self, t: optuna.Trial, row: str) -> None:
+        cfg = self.configs[row]
+        run_id = None
+        try:
+            if row in self.failing:
+                raise RuntimeError(f"injected failure ({FAIL_ROWS_ENV})")
+            pool = self.pools(cfg.dataset)
+            prep = pool.get(cfg)
+            res = trial(prep, cfg, return_predictions=True)
+            metrics = brief(res["metrics"])
+            if self.spec.kind == "efficiency":
+                eff = efficiency_summary(pool.cache, cfg, len(prep.queries))
+                if isinstance(eff, Missing):
+                    t.set_user_attr("efficiency_missing", eff.label)
+                else:
+                    metrics.update(eff)
+            t.set_user_attr("cache_fingerprint", prep.fingerprint)
+            t.set_user_attr("metrics", metrics)
+            run_id = self._open_run(t, row, cfg, prep.fingerprint)
+            t.set_user_attr("mlflow_run_id", run_id)
+            self._log(run_id, prep, res, metrics)
+            self.study.tell(t, float(metrics.get(_primary_metric(self.spec), 0.0)))
+        except Exception as e:  # the row fails, the table goes on (any number of workers)
+            failed = Failed.from_error(e)
+            t.set_user_attr("error", failed.reason)
+            if run_id is None:
+                run_id = self._open_run(t, row, cfg, "", {"status": "failed", "error": failed.reason})
+            else:
+                self.tracker.set_tags(run_id, {"status": "failed", "error": failed.reason})
+            self.tracker.finish(run_id, "FAILED")
+            self.study.tell(t, state=TrialState.FAIL)
+
+    def _open_run(self, t: optuna.Trial, row: str, cfg: ExperimentConfig, fingerprint: str,
+                  extra: Mapping[str, Any] | None = None) -> str:
+        tags = provenance_tags(cfg.hash(), fingerprint, cfg.dataset, {
+            "table": self.spec.id, "row": row, "status": "ok", "seed": cfg.seed, "trial": t.number,
+            **(extra or {})})
+        return self.tracker.child(self.parent_id, row, "row", cfg.flat_params(), tags)
+
+    def _log(self, run_id: str, prep: Prepared, res: dict[str, Any], metrics: Mapping[str, float]) -> None:
+        flat = flatten_metrics(res["metrics"])
+        flat.update({metric_key(k): float(v) for k, v in metrics.items()})
+        self.tracker.log_metrics(run_id, flat)
+        if self.settings.artifacts:
+            log_row_artifacts(self.tracker, run_id, prep, res)
+        self.tracker.finish(run_id)
+
+
+def _row_worker_main(table: str, settings: Settings, study: str, parent_id: str, table_run: str,
+                     rows: list[str]) -> None:
+    RowWorker(table, settings, study, parent_id, table_run, rows).run()
+
+
+def log_row_artifacts(tracker: Tracker, run_id: str, prep: Prepared, res: dict[str, Any]) -> None:
+    """Predictions, per-query top-1 results, the query-type breakdown (Fig. 7) and two
+    score curves (Fig. 9) of one row."""
+    rows = res["predictions"]
+    iou = top1_ious(list(prep.queries), rows)
+    lines = ["qid,vid,query_type,top1_start,top1_end,top1_iou,r1_0.5,r1_0.7"]
+    for q, r, v in zip(prep.queries, rows, iou, strict=True):
+        w = r["pred_relevant_windows"][:1]
+        s, e = (w[0][0], w[0][1]) if w else ("", "")
+        lines.append(f"{q.qid},{q.vid},{plots.query_type(q.query)},{s},{e},{v:.4f},{int(v >= 0.5)},{int(v >= 0.7)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "per_query.csv").write_text("\n".join(lines) + "\n")
+        _, stats = plots.query_type_breakdown(list(prep.queries), iou, d / "query_types.png")
+        (d / "query_types.json").write_text(json.dumps(stats, indent=2))
+        best = int(np.argmax(iou)) if len(iou) else 0
+        for k, qi in enumerate(dict.fromkeys([0, best])):
+            if qi < len(rows):
+                plots.score_curve(prep.queries[qi], rows[qi], d / f"score_curve_{k}_qid{prep.queries[qi].qid}.png")
+        for f in sorted(d.iterdir()):
+            tracker.log_file(run_id, f, "plots" if f.suffix == ".png" else None)
+
+
+# -- the table ----------------------------------------------------------------------------------------
+def run_table(table: str, settings: Settings, echo: bool = True) -> TableRun:
+    """Fill a paper table: compute what the cache supports, mark the rest missing, log."""
+    t0 = time.perf_counter()
+    spec = load_table(table)
+    configs = row_configs(spec, settings)
+    name = table_study_name(spec, settings)
+    url = studies.storage_url(settings.storage)
+    study = optuna.create_study(study_name=name, storage=studies.open_storage(url),
+                                direction="maximize", load_if_exists=True)
+    tracker = _tracker(spec, settings)
+    over = settings.resolved_overrides()
+    parent_id = tracker.parent(
+        name, f"table{spec.id}",
+        {"table": spec.id, "title": spec.title, "overrides": json.dumps(over, sort_keys=True),
+         "dataset": ",".join(sorted({c.dataset for c in configs.values()}))},
+    )
+    try:
+        run = _fill_table(spec, settings, configs, study, name, url, tracker, parent_id, t0)
+    except BaseException:
+        tracker.finish(parent_id, "FAILED")
+        raise
+    tracker.finish(parent_id)
+    if echo:
+        print(run.rendered["md"])
+        missing = sum(isinstance(r, Missing) for r in run.results.values())
+        failed = sum(isinstance(r, Failed) for r in run.results.values())
+        print(f"\ntable {spec.id}: {run.computed} rows computed, {run.reused} reused, {missing} missing, "
+              f"{failed} failed; {run.seconds:.1f} s; study {name}; MLflow parent run {parent_id}")
+    return run
+
+
+def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, ExperimentConfig],
+                study: optuna.Study, name: str, url: str, tracker: Tracker, parent_id: str,
+                t0: float) -> TableRun:
+    with studies.study_lock(url, name):
+        studies.reap_dead_trials(study)
+    studies.close_orphan_runs(study, tracker, parent_id)
+
+    # which rows can run: a cheap look at the cache, before any trial
+    pools = Pools(settings)
+    missing: dict[str, Missing] = {}
+    for row, cfg in configs.items():
+        try:
+            pools(cfg.dataset).get(cfg)
+        except Exception as e:
+            gap = _unavailable(e, cfg.dataset)
+            if gap is None:
+                raise
+            missing[row] = gap
+    done_before = _complete_rows(study, configs)
+    todo = [r for r in configs if r not in missing and r not in done_before]
+    table_run = uuid.uuid4().hex
+    if todo:
+        if settings.workers <= 1:
+            RowWorker(str(spec.path), settings, name, parent_id, table_run, todo).run()
+        else:
+            jobs = [(str(spec.path), settings, name, parent_id, table_run, todo)] * settings.workers
+            codes = studies.run_workers(_row_worker_main, jobs)
+            if any(codes):
+                print(f"warning: table workers exited with {codes}", flush=True)
+            with studies.study_lock(url, name):
+                studies.reap_dead_trials(study)
+    studies.close_orphan_runs(study, tracker, parent_id)
+    done = _complete_rows(study, configs)
+
+    results: dict[str, Outcome] = {}
+    trials = study.get_trials(deepcopy=False)
+    for row in configs:
+        if row in done:
+            results[row] = done[row].user_attrs["metrics"]
+        elif row in missing:
+            results[row] = missing[row]
+        else:
+            failed = [t for t in trials if t.params.get("row") == row and t.state == TrialState.FAIL]
+            why = failed[-1].user_attrs.get("error") or studies.worker_gone(failed[-1]) if failed else ""
+            results[row] = Failed(why or "not run (no worker reached it)")
+    _log_missing_rows(tracker, parent_id, spec, configs, missing)
+    rendered = render_all(effective_spec(spec, settings), results)
+    _write_table(spec, rendered, settings, tracker, parent_id, results, configs)
+    computed = len([r for r in todo if r in done])
+    return TableRun(spec, results, rendered, computed, len(done) - computed,
+                    time.perf_counter() - t0, name, parent_id)
+
+
+def _log_missing_rows(tracker: Tracker, parent_id: str, spec: TableSpec,
+                      configs: Mapping[str, ExperimentConfig], missing: Mapping[str, Missing]) -> None:
+    """One child run per missing row and reason, logged once per parent."""
+    seen = {
+        (r.data.tags.get("row"), r.data.tags.get("missing"))
+        for r in tracker.children(parent_id)
+        if r.data.tags.get("status") == "missing"
+    }
+    for row, m in missing.items():
+        if (row, m.label) in seen:
+            continue
+        cfg = configs[row]
+        tags = provenance_tags(cfg.hash(), "", cfg.dataset,
+                               {"table": spec.id, "row": row, "status": "missing", "missing": m.label})
+        run_id = tracker.child(parent_id, row, "row", cfg.flat_params(), tags)
+        tracker.finish(run_id)
+
+
+def _write_table(spec: TableSpec, rendered: Mapping[str, str], settings: Settings, tracker: Tracker,
+                 parent_id: str, results: Mapping[str, Outcome], configs: Mapping[str, ExperimentConfig]) -> None:
+    folder = Path(settings.out_dir) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = "-demo" if settings.demo else ""
+    for ext, text in rendered.items():
+        atomic_write_text(folder / f"table{spec.id}{suffix}.{ext}", text)
+        tracker.log_text(parent_id, text, f"table{spec.id}.{ext}")
+    plot = _sensitivity_plot(spec, results, folder / f"table{spec.id}{suffix}.png")
+    if plot is not None:
+        tracker.log_file(parent_id, plot, "plots")
+
+
+def _sensitivity_plot(spec: TableSpec, results: Mapping[str, Outcome], path: Path) -> Path | None:
+    """Fig. 8 for the sensitivity tables: the one config key their rows vary."""
+    rows = [r for r in spec.rows if r.overrides]
+    keys = {k for r in rows for k in (r.overrides or {})}
+    if len(keys) != 1 or not spec.id.upper().startswith("C"):
+        return None
+    (param,) = keys
+    xs = [float((r.overrides or {})[param]) for r in rows]
+    ours = {col: [results[r.name].get(key) if isinstance(results.get(r.name), Mapping) else None  # type: ignore[union-attr]
+                  for r in rows]
+            for col, key in spec.columns.items()}
+    paper = {col: [r.paper.get(col) for r in rows] for col in spec.columns}
+    return plots.sensitivity_curve(param, xs, ours, paper, path, f"Table {spec.id}: sensitivity to {param}")
+
+
+def table_from_mlflow(table: str, settings: Settings, echo: bool = True) -> dict[str, str]:
+    """Render a table from what MLflow holds alone: the latest parent run and its children."""
+    spec = load_table(table)
+    name = table_study_name(spec, settings)
+    tracker = _tracker(spec, settings)
+    parent = tracker.find_parent(name)
+    if parent is None:
+        raise LookupError(f"no MLflow parent run for table {spec.id} (study {name}) at {tracker.uri}")
+    results: dict[str, Outcome] = {}
+    for run in sorted(tracker.children(parent), key=lambda r: r.info.start_time):
+        row = run.data.tags.get("row")
+        if row is None:
+            continue
+        status = run.data.tags.get("status")
+        if status == "missing":
+            results.setdefault(row, Missing.from_label(run.data.tags.get("missing", "missing: ?")))
+        elif run.info.status == "FINISHED":
+            results[row] = {evaluator_key(k): v for k, v in run.data.metrics.items()}
+        elif run.info.status == "FAILED" and not isinstance(results.get(row), Mapping):
+            results[row] = Failed(run.data.tags.get("error", "failed"))
+    rendered = render_all(effective_spec(spec, settings), results)
+    if echo:
+        print(rendered["md"])
+    return rendered
