@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from harness.core.errors import ConfigError
-from harness.core.results import Missing
+from harness.core.results import Failed, Missing
 from harness.report.tables import load_table
 from harness.runner.settings import Settings
 from harness.runner.studies import WORKER_ATTR, open_storage
@@ -444,3 +444,37 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
     assert status[killed.user_attrs["mlflow_run_id"]] == "KILLED"
     assert set(status.values()) <= {"FINISHED", "KILLED"}
     assert len([s for s in status.values() if s == "FINISHED"]) == n_trials
+
+
+# -- a failing row, with one worker and with two ------------------------------------------------
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_row_is_a_failed_cell_and_a_rerun_retries_it_only(
+    tmp_path: Path, settings_for: SettingsFor, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    from harness.runner.tables import FAIL_ROWS_ENV
+
+    settings = settings_for(tmp_path, workers=workers, artifacts=False)
+    monkeypatch.setenv(FAIL_ROWS_ENV, "lam=0.2")
+    run = run_table("C2", settings, echo=False)
+    failed = run.results["lam=0.2"]
+    assert isinstance(failed, Failed) and failed.reason == "RuntimeError: injected failure (GRANALIGN_TEST_FAIL_ROWS)"
+    assert run.computed == 4 and all(isinstance(run.results[r], dict) for r in run.results if r != "lam=0.2")
+    cells = ours_cells(run.rendered["md"], 4)
+    assert cells["lam=0.2"] == ["failed: RuntimeError: injected failure (GRANALIGN_TEST_FAIL_ROWS)"] * 4
+    parents, children = runs_of(settings, "table-C2")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    status = {c.data.tags["row"]: c.info.status for c in children}
+    assert status["lam=0.2"] == "FAILED" and list(status.values()).count("FINISHED") == 4
+
+    monkeypatch.delenv(FAIL_ROWS_ENV)
+    again = run_table("C2", settings, echo=False)
+    assert again.computed == 1 and again.reused == 4  # the failed row only
+    assert all(isinstance(r, dict) for r in again.results.values())
+    import optuna
+
+    study = optuna.load_study(study_name=again.study, storage=settings.storage)
+    states = sorted((t.params["row"], t.state.name) for t in study.trials)
+    assert states == sorted([(r, "COMPLETE") for r in run.results] + [("lam=0.2", "FAIL")])
+    parents, children = runs_of(settings, "table-C2")
+    assert [p.info.status for p in parents] == ["FINISHED"] and len(children) == 6
+    assert not [c for c in children if c.info.status == "RUNNING"]

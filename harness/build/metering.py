@@ -64,7 +64,7 @@ class StageMeter:
 
     def start(self) -> StageMeter:
         if self.device.startswith("cuda"):
-            import torch
+            import torch  # lazy: heavy optional (torch)
 
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -88,7 +88,7 @@ class StageMeter:
             "rss_peak_bytes": rss,
         }
         if self.device.startswith("cuda"):
-            import torch
+            import torch  # lazy: heavy optional (torch)
 
             torch.cuda.synchronize(self.device)
             out["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))

@@ -39,7 +39,7 @@ def _pyplot() -> Any:
     import matplotlib  # lazy: heavy optional (matplotlib, 0.3 s); most runs draw nothing
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy optional (matplotlib)
 
     return plt
 

@@ -57,7 +57,7 @@ class Frames:
         return len(self.images)
 
     def pil(self, indices: Sequence[int] | None = None) -> list[Image.Image]:
-        from PIL import Image
+        from PIL import Image  # lazy: image library, needed only with frames (Pillow)
 
         idx = range(len(self.images)) if indices is None else indices
         return [Image.fromarray(self.images[i]) for i in idx]
@@ -97,7 +97,7 @@ def resolve_device(device: str | None = None) -> str:
     """`cuda` when a GPU is visible and no device is named, else `cpu`."""
     if device and device != "auto":
         return device
-    import torch
+    import torch  # lazy: heavy optional (torch)
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -107,7 +107,7 @@ def resolve_dtype(dtype: str | None, device: str, prefer_half: bool = True) -> A
 
     Half precision on CPU is slow and some ops lack kernels, so `auto` never picks it there.
     """
-    import torch
+    import torch  # lazy: heavy optional (torch)
 
     names = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -157,7 +157,7 @@ class FrameDecoder(ABC):
     def _resize(self, img: np.ndarray) -> np.ndarray:
         if self.max_side is None or max(img.shape[:2]) <= self.max_side:
             return np.ascontiguousarray(img)
-        from PIL import Image
+        from PIL import Image  # lazy: image library, needed only with frames (Pillow)
 
         h, w = img.shape[:2]
         scale = self.max_side / max(h, w)

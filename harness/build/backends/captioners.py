@@ -84,7 +84,7 @@ class HFCaptioner(Captioner):
 
     def caption_images(self, images: list[Any], prompts: Sequence[str]) -> list[str]:
         """One caption per (PIL image, prompt), generated `batch_size` at a time."""
-        import torch
+        import torch  # lazy: heavy optional (torch)
 
         self.load()
         out: list[str] = []
@@ -123,7 +123,10 @@ class Qwen25VLCaptioner(HFCaptioner):
         self.max_pixels = max_pixels
 
     def _load(self) -> None:
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import (  # lazy: heavy optional (transformers)
+            AutoProcessor,
+            Qwen2_5_VLForConditionalGeneration,
+        )
 
         pkw = dict(self._kw())
         if self.max_pixels:
@@ -158,7 +161,10 @@ class Blip2Captioner(HFCaptioner):
     backbone = "blip2"
 
     def _load(self) -> None:
-        from transformers import Blip2ForConditionalGeneration, Blip2Processor
+        from transformers import (  # lazy: heavy optional (transformers)
+            Blip2ForConditionalGeneration,
+            Blip2Processor,
+        )
 
         self._processor = Blip2Processor.from_pretrained(self.model_id, **self._kw())
         self._processor.tokenizer.padding_side = "left"

@@ -82,7 +82,7 @@ class OpenCLIPFrameFilter(FrameFilter):
     def load(self) -> None:
         if self._model is not None:
             return
-        import open_clip
+        import open_clip  # lazy: heavy optional (open_clip)
 
         self.device = resolve_device(self.device_name)
         name = self.arch
@@ -106,7 +106,7 @@ class OpenCLIPFrameFilter(FrameFilter):
 
     def score_video(self, frames: Frames, queries: Sequence[str]) -> list[list[float]]:
         """[query][frame] cosine similarities; the frames are embedded once per video."""
-        import torch
+        import torch  # lazy: heavy optional (torch)
 
         self.load()
         with torch.inference_mode():

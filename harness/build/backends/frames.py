@@ -69,7 +69,7 @@ class DecordDecoder(FrameDecoder):
 
     def decode(self, path: str, vid: str, n_frames: int | None = None) -> Frames:
         try:
-            import decord
+            import decord  # lazy: optional video decoder (decord)
         except ImportError as e:  # pragma: no cover - platform without decord wheels
             raise VideoError(vid, f"decord is not installed ({e}); use the pyav decoder", path) from None
         try:
@@ -104,7 +104,7 @@ class PyAVDecoder(FrameDecoder):
 
     def decode(self, path: str, vid: str, n_frames: int | None = None) -> Frames:
         try:
-            import av
+            import av  # lazy: optional video decoder (PyAV)
         except ImportError as e:  # pragma: no cover
             raise VideoError(vid, f"PyAV is not installed ({e})", path) from None
         try:
@@ -179,7 +179,7 @@ class FrameStore:
 
     def write(self, family: str, frames: Frames) -> Frames:
         """Store `frames` and return them as stored (JPEG round-trip), as readers see them."""
-        from PIL import Image
+        from PIL import Image  # lazy: image library, needed only with frames (Pillow)
 
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
@@ -207,7 +207,7 @@ class FrameStore:
 
     @staticmethod
     def _read_zip(fileobj: Any, vid: str) -> Frames:
-        from PIL import Image
+        from PIL import Image  # lazy: image library, needed only with frames (Pillow)
 
         with zipfile.ZipFile(fileobj) as z:
             m = json.loads(z.read("frames.json"))

@@ -262,7 +262,10 @@ class HFCausalLMRewriter(Rewriter):
         """Tokenizer and model, once; a GGUF file is de-quantised by transformers."""
         if self._model is not None:
             return
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import (  # lazy: heavy optional (transformers)
+            AutoModelForCausalLM,
+            AutoTokenizer,
+        )
 
         self.device = resolve_device(self.device_name)
         dtype = resolve_dtype(self.dtype_name, self.device)
@@ -306,7 +309,7 @@ class HFCausalLMRewriter(Rewriter):
 
     def generate(self, instructions: Sequence[str], sample: bool = False, seed: int = 0) -> list[str]:
         """The model's answers (new text only) to already-filled instructions."""
-        import torch
+        import torch  # lazy: heavy optional (torch)
 
         self.load()
         texts = [self.render(t) for t in instructions]

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<pad>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<image>",
@@ -67,8 +69,14 @@ class TinyModels:
 
 def make_tokenizer(vocab_size: int = 400) -> object:
     """A byte-level BPE tokenizer trained on a few sentences, with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # lazy: heavy optional (tokenizers, with transformers)
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast  # lazy: heavy optional (transformers)
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -89,8 +97,12 @@ def _ids(tok: object) -> dict[str, int]:
 
 
 def make_tiny_llama(dest: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    import torch  # lazy: heavy optional (torch)
+    from transformers import (  # lazy: heavy optional (transformers)
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tok = make_tokenizer()
     ids = _ids(tok)
@@ -110,14 +122,16 @@ def make_tiny_llama(dest: Path, seed: int = 0) -> Path:
 
 
 def make_tiny_qwen_vl(dest: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import (
+    import torch  # lazy: heavy optional (torch)
+    from transformers import (  # lazy: heavy optional (transformers)
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
     )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import (  # lazy: heavy optional
+        Qwen2VLVideoProcessor,
+    )
 
     tok = make_tokenizer()
     ids = _ids(tok)
@@ -149,8 +163,8 @@ def make_tiny_qwen_vl(dest: Path, seed: int = 0) -> Path:
 
 
 def make_tiny_blip2(dest: Path, seed: int = 0, num_query_tokens: int = 4) -> Path:
-    import torch
-    from transformers import (
+    import torch  # lazy: heavy optional (torch)
+    from transformers import (  # lazy: heavy optional (transformers)
         Blip2Config,
         Blip2ForConditionalGeneration,
         Blip2Processor,
@@ -182,8 +196,8 @@ def make_tiny_blip2(dest: Path, seed: int = 0, num_query_tokens: int = 4) -> Pat
 
 def make_tiny_clip(dest: Path, seed: int = 0) -> tuple[Path, Path]:
     """A 2-layer open_clip ViT: its JSON config and a checkpoint file (state dict)."""
-    import open_clip
-    import torch
+    import open_clip  # lazy: heavy optional (open_clip)
+    import torch  # lazy: heavy optional (torch)
 
     dest.mkdir(parents=True, exist_ok=True)
     config = dest / f"{CLIP_ARCH}.json"
@@ -223,8 +237,7 @@ def make_video(
     codec: str = "mpeg4",
 ) -> Path:
     """A video of solid-colour scenes, `scene_seconds` each, written with PyAV."""
-    import av
-    import numpy as np
+    import av  # lazy: optional video decoder (PyAV)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

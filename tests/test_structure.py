@@ -1,0 +1,202 @@
+"""The package's shape, checked so that it cannot drift back: one-way imports, one home per
+concept, datasets that carry their protocol, Optuna's public API only, CLI code in one place,
+every registry listed by `granalign ls`."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import harness
+from harness.cli import main
+from harness.config import ExperimentConfig, load_config
+from harness.core import results
+from harness.core.errors import ConfigError
+from harness.core.registry import REGISTRIES
+from harness.data import DATASETS, dataset_spec, load_dataset
+from harness.eval import evaluate, protocol_of
+from harness.report.tables import TableError, load_table
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "harness"
+IMPORT_GRAPH = REPO.parent / "shared" / "tools" / "import_graph.py"
+
+
+def _modules() -> list[str]:
+    return [m.name for m in pkgutil.walk_packages(harness.__path__, "harness.")]
+
+
+def _sources() -> dict[str, ast.Module]:
+    return {str(p.relative_to(REPO)): ast.parse(p.read_text(encoding="utf-8"))
+            for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_import_graph_has_no_cycle_and_no_function_level_package_import() -> None:
+    if not IMPORT_GRAPH.is_file():
+        pytest.fail(f"{IMPORT_GRAPH} not found: CI runs beside ../shared")
+    out = subprocess.run([sys.executable, str(IMPORT_GRAPH), "harness"], cwd=REPO,
+                         capture_output=True, text=True, check=False)
+    assert "cycles: 0; function-level package imports: 0" in out.stdout, out.stdout + out.stderr
+
+
+def test_lazy_imports_are_heavy_optional_packages_named_in_a_comment() -> None:
+    """A function-level import is allowed only for a heavy optional package, with a comment."""
+    bad = []
+    for path, tree in _sources().items():
+        lines = (REPO / path).read_text(encoding="utf-8").splitlines()
+        for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    line = lines[node.lineno - 1]
+                    if "# lazy:" not in line and "# a dependency of" not in line:
+                        bad.append(f"{path}:{node.lineno}: {line.strip()}")
+    assert not bad, "function-level imports without a `# lazy: ...` reason:\n" + "\n".join(bad)
+
+
+def test_one_missing_and_one_failed_type() -> None:
+    homes: dict[str, set[str]] = {"Missing": set(), "Failed": set()}
+    for name in _modules():
+        module = importlib.import_module(name)
+        for cls_name, obj in vars(module).items():
+            if cls_name in homes and inspect.isclass(obj):
+                homes[cls_name].add(f"{obj.__module__}.{obj.__qualname__}")
+    assert homes == {"Missing": {"harness.core.results.Missing"}, "Failed": {"harness.core.results.Failed"}}
+    assert results.Missing("captions_aware/x").label == "missing: captions_aware/x"
+
+
+def test_cli_code_lives_in_harness_cli_only() -> None:
+    offenders = []
+    for path, tree in _sources().items():
+        if path.startswith("harness/cli/"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
+                offenders.append(path)
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                offenders.append(f"{path} (a __main__ entry point)")
+    assert not offenders, offenders
+
+
+def test_no_private_optuna_attribute_is_used() -> None:
+    private = ("_create_new_trial", "_trial_id", "_study_id", "_storage", "_backend",
+               "_pop_waiting_trial_id", "set_trial_state_values", "record_heartbeat")
+    hits = [f"{path}:{n.lineno} .{n.attr}" for path, tree in _sources().items()
+            for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in private]
+    assert not hits, hits
+
+
+def test_dataset_names_are_parsed_only_by_the_registry() -> None:
+    """No module but harness/data/spec.py splits a dataset name or tests its prefix."""
+    hits = []
+    for path, tree in _sources().items():
+        if path == "harness/data/spec.py":
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("startswith", "split", "partition")
+                    and any(isinstance(a, ast.Constant) and a.value in (":", "demo") for a in node.args)):
+                src = ast.unparse(node)
+                if "dataset" in src or "name" in src:
+                    hits.append(f"{path}:{node.lineno}: {src}")
+    assert not hits, hits
+
+
+def test_a_dataset_is_one_module_and_one_decorator() -> None:
+    """tests/toy_dataset.py registers `toy:val` (protocol top1) and nothing else: every stage
+    then knows how to load it, check configs on it, evaluate it and validate tables on it."""
+    spec = dataset_spec("toy:val")
+    assert (spec.family, spec.split, spec.protocol, spec.synthetic) == ("toy", "val", "top1", True)
+    ds = load_dataset("toy:val")
+    assert (len(ds), ds.family, ds.has_ground_truth) == (3, "toy", True)
+    assert ExperimentConfig(dataset="toy:val").dataset == "toy:val"
+    preds = [{"qid": q.qid, "pred_relevant_windows": [[*q.windows[0], 1.0]]} for q in ds.queries]
+    assert evaluate("toy:val", ds.queries, preds)["brief"] == {
+        "R1@0.3": 100.0, "R1@0.5": 100.0, "R1@0.7": 100.0, "mIoU": 100.0}
+    assert protocol_of("toy:val").metric_keys == ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
+    assert "toy:val" in DATASETS
+
+
+def test_table_columns_are_checked_against_the_datasets_protocol(tmp_path: Path) -> None:
+    import yaml
+
+    spec = {"table": "9", "title": "t", "dataset": "toy:val", "paper_dataset": "toy",
+            "base": "experiments/granalign_qvh.yaml", "kind": "rows",
+            "columns": {"mAP": "MR-full-mAP"}, "rows": [{"name": "a", "paper": {"mAP": 1.0}}]}
+    path = tmp_path / "ablations" / "table9.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(TableError, match=r"unknown metric key 'MR-full-mAP'; known: R1@0.3, R1@0.5"):
+        load_table(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "valid"),
+    [
+        ("recipe", "vtggpt", "granalign, vtg-gpt"),
+        ("prune", "merg", "frames, merge, none, spans"),
+        ("embedder", "minlm", "minilm"),
+        ("normalisation", "min-max", "minmax, raw, shift"),
+        ("span_score", "whole", "granalign, selected"),
+        ("dataset", "qvhighlights:train", "qvhighlights:test, qvhighlights:val"),
+        ("captions", "qwen", "blip2, minigptv2, qwen2.5-vl"),
+        ("frame_filter", "clip", "caption-text, clip-vit-b32"),
+        ("rewriter", "llama", "hf-causal-lm"),
+        ("instruction_pair", 99, "1, 2, 3, 4, 5"),
+        ("cq_fallback", "none", "ca, zero"),
+        ("proposals_from", "all", "variants+mean, mean"),
+        ("pairing", "qx-Ca", "valid names: granalign"),
+    ],
+)
+def test_config_names_are_checked_when_the_yaml_is_read(tmp_path: Path, key: str, value: object, valid: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"base: {REPO / 'experiments' / 'vtg_gpt_qvh.yaml'}\n{key}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and repr(key) in message and str(value) in message and valid in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [("lam", 1.5, "0 <= lam <= 1"), ("K", 0, "0 < K <= 100"), ("tau", 0.0, "0 < tau <= 1"),
+     ("gap", -1, "gap >= 0"), ("m", 6, "1 <= m <= 5"), ("n", 100, "0 <= n < 100"),
+     ("bins", 10**9, "1 <= bins <= 1000"), ("limit", 0, "limit >= 1"), ("limit", -5, "limit >= 1"),
+     ("top_k", 0, "top_k >= 1")],
+)
+def test_config_ranges_are_checked_when_the_yaml_is_read(tmp_path: Path, key: str, value: object, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"base: {REPO / 'experiments' / 'granalign_qvh.yaml'}\n{key}: {value}\n")
+    with pytest.raises(ConfigError, match=r".*") as err:
+        load_config(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_config_hash_covers_only_what_the_recipe_reads() -> None:
+    vtg = load_config(REPO / "experiments" / "vtg_gpt_qvh.yaml")
+    # VTG-GPT's recipe ignores prune, n, span_score and proposals_from: one computation
+    assert vtg.replace(prune="frames", n=40, span_score="granalign", proposals_from="mean").hash() == vtg.hash()
+    assert vtg.replace(lam=0.4).hash() != vtg.hash()
+    granalign = load_config(REPO / "experiments" / "granalign_qvh_minigptv2.yaml")
+    assert granalign.replace(prune="spans").hash() != granalign.hash()
+    assert granalign.replace(name="other", tags={"row": "x"}).hash() == granalign.hash()
+
+
+def test_ls_lists_every_registry_and_one_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for kind, reg in REGISTRIES.items():
+        assert f"{kind} ({len(reg)})" in out
+    for name in ("granalign", "vtg-gpt", "qvhighlights:val", "hf-causal-lm", "clip-vit-b32", "minmax"):
+        assert f"  {name} " in out
+    assert main(["ls", "recipe"]) == 0
+    one = capsys.readouterr().out
+    assert one.startswith("recipe (2): ") and "vtg-gpt" in one and "pairing" not in one
+    assert main(["ls", "recipes"]) == 2
+    assert "unknown registry 'recipes'; registries: " in capsys.readouterr().err
