@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.build.backends import FRAME_FILTERS, REWRITERS
-from harness.cache.embedders import EMBEDDERS
+from harness.cache.embedders import DTYPES, EMBEDDERS
 from harness.cache.producers import captioners, instruction_pairs
 from harness.core.constants import M_MAX
 from harness.core.errors import ConfigError
@@ -40,7 +40,8 @@ MAX_BINS = 1000  # histogram bins per curve: more is memory, not resolution (fra
 # the fields that name inputs (or say which queries): always part of the hash
 INPUT_FIELDS = frozenset({
     "dataset", "recipe", "captions", "caption_model", "frame_filter", "frame_filter_model",
-    "rewriter", "rewriter_model", "instruction_pair", "embedder", "embedder_model", "limit", "seed",
+    "rewriter", "rewriter_model", "instruction_pair", "embedder", "embedder_model", "embedder_dtype",
+    "limit", "seed",
 })
 
 
@@ -57,10 +58,11 @@ class ExperimentConfig:
     frame_filter: str = "clip-vit-b32"
     frame_filter_model: str | None = None
     rewriter: str = "hf-causal-lm"
-    rewriter_model: str = "meta-llama/Meta-Llama-3-8B-Instruct"
+    rewriter_model: str | None = None  # None: the rewriter's own default (LLaMA-3-8B-Instruct, ...)
     instruction_pair: int = 1
     embedder: str = "minilm"
     embedder_model: str | None = None
+    embedder_dtype: str = "float32"  # float32 | bfloat16 (part of the embeddings' cache key)
     # method
     pairing: Pairing = "granalign"
     m: int = 3  # rewrites per kind used (the builder caches 5); paper: m = 3
@@ -155,6 +157,7 @@ _CHOICES: dict[str, Any] = {
     "instruction_pair": lambda: sorted(instruction_pairs()),
     "proposals_from": lambda: PROPOSAL_SOURCES,
     "cq_fallback": lambda: CQ_FALLBACKS,
+    "embedder_dtype": lambda: DTYPES,
 }
 
 

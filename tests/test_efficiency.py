@@ -9,11 +9,12 @@ from harness.cache.producers import caption_producer, frame_filter_producer, rew
 from harness.cache.store import Cache
 from harness.config import ExperimentConfig
 from harness.core.results import Missing
+from harness.runner.trial import source_spec
 
 
 def test_efficiency_sums_online_stages_and_takes_the_peak(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
-    cfg = ExperimentConfig()
+    cfg = source_spec(ExperimentConfig())
     gb = 2**30
     # 10 queries: rewrite 2 s total, frame filter 1 s, aware captions 7 s -> 1.0 s per query
     cache.record_timing(rewrite_producer(cfg.rewriter, cfg.rewriter_model, 1), 10, 2.0, 16 * gb, "cuda",
@@ -25,5 +26,5 @@ def test_efficiency_sums_online_stages_and_takes_the_peak(tmp_path: Path) -> Non
 
 
 def test_efficiency_of_a_backbone_without_aware_mode(tmp_path: Path) -> None:
-    res = efficiency_summary(Cache(tmp_path / "c"), ExperimentConfig(captions="minigptv2"), 5)
+    res = efficiency_summary(Cache(tmp_path / "c"), source_spec(ExperimentConfig(captions="minigptv2")), 5)
     assert isinstance(res, Missing) and res.label.startswith("missing: timings")

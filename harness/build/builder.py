@@ -443,7 +443,7 @@ class CacheBuilder:
             done_before = rep.done
             with self._bar(len(idx), f"rewrite pair {pair}", "query") as bar:
                 for batch in _chunks(idx, rw.batch_size):
-                    results = rw.rewrite([self.texts[i].query for i in batch], pair)
+                    results = rw.rewrite([self.texts[i].query for i in batch], pair, cache=self.cache)
                     rows = [(items[i], r.value, r.status, r.meta) for i, r in zip(batch, results, strict=True)]
                     self._commit("variants", producer, rows, rep)
                     bar.update(len(batch))

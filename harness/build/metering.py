@@ -175,8 +175,10 @@ def format_efficiency(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def efficiency_summary(cache: Cache, cfg: Any, n_queries: int) -> dict[str, float] | Missing:
-    """Table 4's InT (s per query) and GMU (GB) for a run config, from recorded timings.
+    """Table 4's InT (s per query) and GMU (GB) for a run's sources, from recorded timings.
 
+    `cfg` names the sources (a `SourceSpec`: rewriter and its model, frame filter, caption
+    backbone).
     Sums the time per query of the online stages the config reads (its rewriter, frame
     filter and aware captioner) and takes their largest peak memory. A stage without a
     timing record makes the cell `missing: timings/<stage>/<backend>`: the numbers exist

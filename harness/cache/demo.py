@@ -93,8 +93,14 @@ def ensure_demo_cache(
     """The demo's own cache, filled and embedded on first use (seconds), reused after."""
     cache = Cache(path or DEMO_CACHE)
     dataset = load_dataset(DEMO_DATASET)
-    probe = caption_producer("qwen2.5-vl", "agnostic")
-    if cache.missing(probe, [video_item(FAMILY, q.vid) for q in dataset.queries[:1]]):
+    q = dataset.queries[0]
+    ff = frame_filter_producer()
+    probes = [(caption_producer(b, "agnostic"), video_item(FAMILY, q.vid)) for b in ("qwen2.5-vl", "blip2")]
+    probes += [(caption_producer(b, "aware", frame_filter=ff), video_query_item(FAMILY, q))
+               for b in ("qwen2.5-vl", "blip2")]
+    probes += [(rewrite_producer(pair=p), query_item(q)) for p in instruction_pairs()]
+    probes += [(ff, video_query_item(FAMILY, q)), (paraphrase_producer(), query_item(q))]
+    if any(cache.missing(producer, [item]) for producer, item in probes):  # new or older keys
         populate(cache)
     embed_dataset(cache, dataset, build_embedder(embedder), progress=progress)
     return cache

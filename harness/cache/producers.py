@@ -46,7 +46,11 @@ def captioners() -> dict[str, dict[str, Any]]:
 # -- inputs -------------------------------------------------------------------------------
 def query_item(q: Query) -> dict[str, Any]:
     """A rewrite depends on the query text alone."""
-    return {"query": q.query}
+    return query_text_item(q.query)
+
+
+def query_text_item(text: str) -> dict[str, Any]:
+    return {"query": text}
 
 
 def video_item(family: str, vid: str) -> dict[str, Any]:
@@ -117,8 +121,10 @@ def caption_producer(
         if "aware_prompt" not in preset:
             raise ValueError(f"caption backbone {backbone!r} has no query-aware mode")
         ff = frame_filter or frame_filter_producer()
+        params = {"fps": FPS, "k_max": k_max, "frame_filter": ff.digest}
+        if "entities" in preset:  # the extractor that fills the prompt is part of the key
+            params["entities"] = preset["entities"]
         return Producer(
-            "captions_aware", preset["backend"], model, prompt=preset["aware_prompt"],
-            params={"fps": FPS, "k_max": k_max, "frame_filter": ff.digest},
+            "captions_aware", preset["backend"], model, prompt=preset["aware_prompt"], params=params,
         )
     raise ValueError(f"caption mode must be 'agnostic' or 'aware', got {mode!r}")

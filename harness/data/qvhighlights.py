@@ -14,7 +14,8 @@ from harness.data.spec import register_dataset
 
 
 @register_dataset("qvhighlights", splits=("val", "test"), protocol="qvhighlights",
-                  description="highlight_{split}_release.jsonl (moment_detr); test has no GT")
+                  description="highlight_{split}_release.jsonl (moment_detr); test has no GT",
+                  submission="hl_{split}_submission.jsonl")  # the Codalab server's file names
 def load_qvhighlights(root: Path, split: str) -> tuple[Sequence[Query], str]:
     path = root / "qvhighlights" / f"highlight_{split}_release.jsonl"
     queries = [

@@ -40,6 +40,7 @@ class DatasetSpec:
     protocol: str
     synthetic: bool = False
     description: str = ""
+    submission: str = ""  # file name an evaluation server takes for this split ("" none)
 
     def load(self, root: str | os.PathLike[str] | None = None) -> Dataset:
         folder = Path(".") if self.synthetic else data_root(root)
@@ -60,16 +61,19 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset", doc="benchmark splits (fam
 
 
 def register_dataset(
-    family: str, splits: Sequence[str], protocol: str, synthetic: bool = False, description: str = ""
+    family: str, splits: Sequence[str], protocol: str, synthetic: bool = False, description: str = "",
+    submission: str = "",
 ) -> Callable[[Loader], Loader]:
-    """Decorator: register `loader` for each split as `family:split`."""
+    """Decorator: register `loader` for each split as `family:split`. `submission` is the
+    file name (with `{split}`) an evaluation server takes for predictions of a split."""
 
     def deco(loader: Loader) -> Loader:
         for split in splits:
             name = f"{family}:{split}"
-            DATASETS.register(name)(
-                DatasetSpec(name, family, split, loader, protocol, synthetic, description)
-            )
+            DATASETS.register(name)(DatasetSpec(
+                name, family, split, loader, protocol, synthetic, description,
+                submission.format(split=split) if submission else "",
+            ))
         return loader
 
     return deco

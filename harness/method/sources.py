@@ -46,10 +46,10 @@ class SourceSpec:
     embedder_model: str
 
     @classmethod
-    def from_config(cls, cfg: Any, embedder_model: str) -> SourceSpec:
+    def from_config(cls, cfg: Any, embedder_model: str, rewriter_model: str) -> SourceSpec:
         return cls(
             cfg.dataset, cfg.captions, cfg.caption_model, cfg.frame_filter,
-            cfg.frame_filter_model, cfg.rewriter, cfg.rewriter_model, cfg.instruction_pair,
+            cfg.frame_filter_model, cfg.rewriter, rewriter_model, cfg.instruction_pair,
             embedder_model,
         )
 

@@ -8,12 +8,13 @@ display and importing this module costs nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.build.backends.granular import has_proper_noun
 from harness.core.constants import CLIP_SECONDS
 from harness.core.query import Query
 
@@ -21,14 +22,18 @@ QUERY_TYPES = ("Simple", "Detail", "Else")
 _WORD = re.compile(r"[A-Za-z0-9']+")
 
 
-def query_type(text: str) -> str:
+def capitalised_word(text: str) -> bool:
+    """The word-shape rule: a capitalised word that does not start the sentence."""
+    return any(t[0].isupper() and t != "I" for t in _WORD.findall(text)[1:])
+
+
+def query_type(text: str, proper_noun: Callable[[str], bool] = has_proper_noun) -> str:
     """Fig. 7's query types: Simple (<= 6 tokens), Detail (>= 20 tokens or a proper noun),
-    Else. A capitalised word that does not start the sentence counts as a proper noun.
-    The paper's fourth type, Error (a grammatical error), needs a grammar checker this
-    harness does not have; it is not computed."""
+    Else. Proper nouns come from spaCy's parse (named entities, PROPN tags); the word-shape
+    rule `capitalised_word` is the alternative. The paper's fourth type, Error (a grammatical
+    error), needs a grammar checker this harness does not have; it is not computed."""
     tokens = _WORD.findall(text)
-    proper = any(t[0].isupper() and t != "I" for t in tokens[1:])
-    if len(tokens) >= 20 or proper:
+    if len(tokens) >= 20 or proper_noun(text):
         return "Detail"
     if len(tokens) <= 6:
         return "Simple"

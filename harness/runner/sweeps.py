@@ -36,7 +36,7 @@ from harness.eval.protocols import brief, protocol_of
 from harness.report.tracking import Tracker, flatten_metrics, metric_key, provenance_tags
 from harness.runner import studies
 from harness.runner.settings import Pools, Settings
-from harness.runner.trial import trial
+from harness.runner.trial import ground_truth_gap, trial
 
 PRUNE_FRACTIONS = (0.25, 0.5)
 TRIAL_DELAY_ENV = "GRANALIGN_TRIAL_DELAY"  # test hook: seconds each trial sleeps (a slow trial)
@@ -299,6 +299,9 @@ def check_inputs(spec: SweepSpec, settings: Settings) -> None:
     configs = [base] + [base.replace(**{p: c}) for p, d in spec.space.items()
                         if d["type"] == "categorical" for c in d["choices"]]
     gaps = []
+    no_gt = ground_truth_gap(pools(base.dataset).dataset(base.dataset, base.limit))
+    if no_gt is not None:  # nothing to optimise against
+        gaps.append(no_gt)
     for cfg in configs:
         try:
             pools(cfg.dataset).get(cfg)

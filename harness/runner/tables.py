@@ -51,7 +51,7 @@ from harness.report.tracking import (
 )
 from harness.runner import studies
 from harness.runner.settings import DEMO_OVERRIDES, Pools, Settings
-from harness.runner.trial import trial
+from harness.runner.trial import ground_truth_gap, trial
 
 FAIL_ROWS_ENV = "GRANALIGN_TEST_FAIL_ROWS"  # test hook: comma list of rows that raise
 
@@ -218,7 +218,7 @@ class RowWorker:
             res = trial(prep, cfg, return_predictions=True)
             metrics = brief(res["metrics"])
             if self.spec.kind == "efficiency":
-                eff = efficiency_summary(pool.cache, cfg, len(prep.queries))
+                eff = efficiency_summary(pool.cache, prep.spec, len(prep.queries))
                 if isinstance(eff, Missing):
                     t.set_user_attr("efficiency_missing", eff.label)
                 else:
@@ -329,10 +329,12 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
     for row, cfg in configs.items():
         try:
             pools(cfg.dataset).get(cfg)
+            gap = ground_truth_gap(pools(cfg.dataset).dataset(cfg.dataset, cfg.limit))
         except Exception as e:
             gap = _unavailable(e, cfg.dataset)
             if gap is None:
                 raise
+        if gap is not None:
             missing[row] = gap
     done_before = _complete_rows(study, configs)
     todo = [r for r in configs if r not in missing and r not in done_before]

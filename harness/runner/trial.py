@@ -17,14 +17,15 @@ from typing import Any
 
 import yaml
 
+from harness.build.backends import REWRITERS
 from harness.cache.embedders import embedder_model_id
 from harness.cache.store import Cache
 from harness.config import ExperimentConfig
 from harness.core.io import atomic_write_text
 from harness.core.provenance import git_commit, package_versions
 from harness.core.query import Dataset
-from harness.core.results import MissingInputs
-from harness.data.spec import load_dataset
+from harness.core.results import Missing, MissingInputs
+from harness.data.spec import dataset_spec, load_dataset
 from harness.eval.protocols import evaluate
 from harness.method.recipes import predict, prediction_rows
 from harness.method.scoring import Pair, resolve_pairing
@@ -32,11 +33,13 @@ from harness.method.sources import Prepared, SourceSpec, prepare
 
 
 def embedder_model(cfg: ExperimentConfig) -> str:
-    return embedder_model_id({"type": cfg.embedder, "model": cfg.embedder_model})
+    return embedder_model_id({"type": cfg.embedder, "model": cfg.embedder_model, "dtype": cfg.embedder_dtype})
 
 
 def source_spec(cfg: ExperimentConfig) -> SourceSpec:
-    return SourceSpec.from_config(cfg, embedder_model(cfg))
+    """The cached inputs `cfg` names, with the components' default model ids filled in."""
+    rewriter_model = cfg.rewriter_model or REWRITERS.get(cfg.rewriter).default_model_id()
+    return SourceSpec.from_config(cfg, embedder_model(cfg), rewriter_model)
 
 
 def config_pairs(cfg: ExperimentConfig) -> tuple[Pair, ...]:
@@ -92,18 +95,33 @@ def trial(prep: Prepared, cfg: ExperimentConfig, return_predictions: bool = Fals
     return metrics
 
 
+def ground_truth_gap(dataset: Dataset) -> Missing | None:
+    """`missing: ground truth (NAME)` for a split published without it (QVHighlights test)."""
+    if dataset.has_ground_truth:
+        return None
+    lacking = sum(1 for q in dataset.queries if not q.windows)
+    return Missing(f"ground truth ({dataset.name})", lacking, len(dataset), "queries",
+                   "the benchmark keeps it hidden: submit the predictions to its evaluation server")
+
+
 def run_config(
     cfg: ExperimentConfig,
     out_dir: str | Path | None = None,
     cache: Cache | None = None,
     data_root: str | Path | None = None,
 ) -> dict[str, Any]:
-    """`granalign run`: read, predict, evaluate, write predictions + metrics + run info."""
+    """`granalign run`: read, predict, evaluate, write predictions + metrics + run info.
+
+    On a split without ground truth nothing is evaluated: the predictions (and the file the
+    benchmark's server takes, e.g. `hl_test_submission.jsonl`) are written, no metrics."""
     cache = cache or Cache(readonly=False)
     t0 = time.perf_counter()
-    prep = InputPool(cache, data_root).get(cfg)
+    pool = InputPool(cache, data_root)
+    prep = pool.get(cfg)
     t_read = time.perf_counter() - t0
-    result = trial(prep, cfg, return_predictions=True)
+    no_gt = ground_truth_gap(pool.dataset(cfg.dataset, cfg.limit))
+    rows = predictions(prep, cfg)
+    metrics = None if no_gt else evaluate(cfg.dataset, list(prep.queries), rows)
     t_total = time.perf_counter() - t0
     out = Path(out_dir) if out_dir else Path("runs") / f"{cfg.name}-{cfg.hash()}"
     info = {
@@ -117,17 +135,26 @@ def run_config(
         "seed": cfg.seed,
         "queries": len(prep.queries),
         "seconds": {"read": round(t_read, 3), "total": round(t_total, 3)},
+        "metrics": str(no_gt) if no_gt else "metrics.json",
     }
-    write_outputs(out, cfg, result["predictions"], result["metrics"], info)
-    return {"out": str(out), "metrics": result["metrics"], "info": info}
+    submission = dataset_spec(cfg.dataset).submission
+    if submission:
+        info["submission"] = submission
+    write_outputs(out, cfg, rows, metrics, info, submission)
+    return {"out": str(out), "metrics": metrics, "info": info, "missing": no_gt}
 
 
 def write_outputs(
-    out: Path, cfg: ExperimentConfig, rows: Iterable[dict[str, Any]], metrics: dict[str, Any],
-    info: dict[str, Any],
+    out: Path, cfg: ExperimentConfig, rows: Iterable[dict[str, Any]], metrics: dict[str, Any] | None,
+    info: dict[str, Any], submission: str = "",
 ) -> None:
+    """The run folder: predictions (and the server's file), metrics when evaluated, config, info."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write_text(out / "predictions.jsonl", text)
+    if submission:
+        atomic_write_text(out / submission, text)
+    if metrics is not None:
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")

@@ -14,7 +14,7 @@ registers all names; no heavy library is imported (those load when a model is fi
 
 from __future__ import annotations
 
-from harness.build.backends import captioners, frame_filter, frames, rewrite
+from harness.build.backends import captioners, frame_filter, frames, granular, rewrite
 from harness.build.backends.base import (
     CAPTIONERS,
     DECODERS,
@@ -33,5 +33,5 @@ from harness.build.backends.base import (
 __all__ = [
     "CAPTIONERS", "DECODERS", "FRAME_FILTERS", "REWRITERS", "Captioner", "FrameDecoder",
     "FrameFilter", "Frames", "Rewriter", "VideoError", "candidate_frames", "captioners",
-    "frame_filter", "frame_times", "frames", "rewrite",
+    "frame_filter", "frame_times", "frames", "granular", "rewrite",
 ]

@@ -173,8 +173,16 @@ class Rewriter(ABC):
     revision: str = ""
 
     @abstractmethod
-    def rewrite(self, queries: Sequence[str], pair: int) -> list[Any]:
-        """One `RewriteResult` per query, in order (status ok or failed, never skipped)."""
+    def rewrite(self, queries: Sequence[str], pair: int, cache: Any = None) -> list[Any]:
+        """One `RewriteResult` per query, in order (status ok or failed, never skipped).
+
+        `cache` is the cache being built, for rewriters that read other entries (the
+        spaCy stand-in reads the cached paraphrases)."""
+
+    @classmethod
+    def default_model_id(cls) -> str:
+        """The model id a config means when it names this rewriter and no model."""
+        return ""
 
 
 class FrameFilter:

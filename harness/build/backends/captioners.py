@@ -3,7 +3,8 @@
 - query-agnostic: every frame of a video, with the backbone's `agnostic_prompt`;
 - query-aware: the candidate frames of one query (the top K_MAX% by the frame filter,
   `candidate_frames`), with the `aware_prompt` filled with the query's key entities and
-  actions (`entities.extract_key_elements`).
+  actions by the preset's extractor (`entities: spacy` in captioners.yaml: spaCy's parse;
+  `rules`: the word-list extractor of `entities.py`).
 
 Prompts are data (`harness/prompts/captioners.yaml`) and their template text is part of the
 cache key. Frames of one video are captioned in batches of `batch_size`; generation is
@@ -24,7 +25,8 @@ from harness.build.backends.base import (
     resolve_device,
     resolve_dtype,
 )
-from harness.build.backends.entities import extract_key_elements
+from harness.build.backends.entities import KEY_ELEMENT_EXTRACTORS
+from harness.build.backends.granular import spacy_key_elements  # noqa: F401 (registers "spacy")
 from harness.cache.producers import captioners as caption_presets
 
 
@@ -47,6 +49,7 @@ class HFCaptioner(Captioner):
         self.model_id = model or preset["model"]
         self.agnostic_prompt: str = preset["agnostic_prompt"]
         self.aware_template: str = preset["aware_prompt"]
+        self.entities: str = preset.get("entities", "rules")
         self.device_name = device
         self.dtype_name = dtype
         self.batch_size = max(1, int(batch_size))
@@ -58,7 +61,7 @@ class HFCaptioner(Captioner):
 
     def aware_prompt(self, query: str) -> str:
         """The aware prompt for one query: its key entities and actions filled in."""
-        fields = extract_key_elements(query).prompt_fields(query)
+        fields = KEY_ELEMENT_EXTRACTORS.get(self.entities)(query).prompt_fields(query)
         return self.aware_template.format(**fields)
 
     def _kw(self) -> dict[str, Any]:

@@ -38,6 +38,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from harness.core.registry import Registry
+
 _WORD = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[.,;:!?()\"]")
 
 FUNCTION_WORDS = frozenset(
@@ -170,6 +172,11 @@ def _participle(tok: str) -> bool:
     return (tok.endswith("ing") and len(tok) > 4) or (tok.endswith("ed") and len(tok) > 4)
 
 
+KEY_ELEMENT_EXTRACTORS: Registry = Registry(
+    "key-element extractor", doc="a query's entities and actions for aware-caption prompts")
+
+
+@KEY_ELEMENT_EXTRACTORS.register("rules")
 def extract_key_elements(query: str) -> KeyElements:
     """Entities and actions of one query (see the module docstring for the rules).
 

@@ -335,7 +335,11 @@ class HFCausalLMRewriter(Rewriter):
         return int(sha256_hex(f"{self.seed}|{pair}|{kind}|{attempt}|{query}")[:8], 16)
 
     # -- the stage ------------------------------------------------------------------------
-    def rewrite(self, queries: Sequence[str], pair: int) -> list[RewriteResult]:
+    @classmethod
+    def default_model_id(cls) -> str:
+        return DEFAULT_REWRITER_MODEL
+
+    def rewrite(self, queries: Sequence[str], pair: int, cache: Any = None) -> list[RewriteResult]:
         jobs = [(qi, kind, text) for qi, q in enumerate(queries) for kind, text in self.prompts(q, pair).items()]
         raw: dict[tuple[int, str], list[str]] = {(qi, k): [] for qi, k, _ in jobs}
         parsed: dict[tuple[int, str], list[str]] = {}
