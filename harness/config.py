@@ -110,11 +110,28 @@ class ExperimentConfig:
             d["pairing"] = [list(p) for p in self.pairing]
         return d
 
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return resolve_pairing(self.pairing)
+
+    def reads(self) -> frozenset[str]:
+        """The fields that can change this config's numbers: the inputs, the fields its
+        recipe reads, minus those its pairing makes moot (no `Cq`: no frame filter, K or
+        fallback; no `qs`/`qd`: no rewriter; only `q`: no `m`)."""
+        read = set(INPUT_FIELDS | RECIPES.get(self.recipe).reads)
+        kinds = {k for pair in self.pairs() for k in pair}
+        if "Cq" not in kinds:
+            read -= {"frame_filter", "frame_filter_model", "K", "cq_fallback"}
+        if not kinds & {"qs", "qd"}:
+            read -= {"rewriter", "rewriter_model", "instruction_pair"}
+        if not kinds & {"qs", "qd", "qp"}:
+            read -= {"m"}
+        return frozenset(read)
+
     def hash(self) -> str:
-        """sha256 (first 16 hex) over every field that can change this config's numbers:
-        the inputs and the fields its recipe reads."""
-        read = INPUT_FIELDS | RECIPES.get(self.recipe).reads
-        d = {k: v for k, v in self.to_dict().items() if k in read}
+        """sha256 (first 16 hex) over the fields that can change this config's numbers
+        (`reads`), with the pairing as its resolved pairs (`granalign` = `qs-Ca+qd-Cq`)."""
+        d = {k: v for k, v in self.to_dict().items() if k in self.reads()}
+        d["pairing"] = [list(p) for p in self.pairs()]
         return sha256_hex(canonical_json(d))[:16]
 
     def replace(self, **overrides: Any) -> ExperimentConfig:

@@ -17,3 +17,11 @@ def add_cache_arg(p: argparse.ArgumentParser) -> None:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="registered split, e.g. qvhighlights:val")
     p.add_argument("--data-root", default=None, help="benchmark files (default: $GRANALIGN_DATA)")
+
+
+def add_substitute_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--substitute", action="append", metavar="KIND=KIND",
+        help="run configs whose inputs are missing with a named stand-in, e.g. Cq=Ca (aware "
+             "captions replaced by agnostic ones); every number computed so is marked",
+    )

@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.cache import open_cache
-from harness.cli.common import add_cache_arg
+from harness.cli.common import add_cache_arg, add_substitute_arg
 from harness.config import load_config, parse_override
 from harness.core.results import MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
 from harness.eval.predictions import load_predictions
 from harness.eval.protocols import brief, evaluate
+from harness.method.substitutions import parse_substitutions
 from harness.runner.trial import run_config
 
 SYNTHETIC_NOTE = "  (SYNTHETIC demo data: not a benchmark result)"
@@ -38,10 +39,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     cache = open_cache(cfg.dataset, args.cache)  # a synthetic dataset reads its own cache
     try:
-        res = run_config(cfg, args.out, cache, args.data_root)
+        res = run_config(cfg, args.out, cache, args.data_root, parse_substitutions(args.substitute or []))
     except MissingInputs as e:
         print(f"granalign run: {e}", file=sys.stderr)
         return 3
+    if res["info"]["substitutions"]:
+        print(f"inputs missing: computed with the substitution(s) {res['info']['substitutions']} "
+              f"(pairing {res['info']['pairing']})")
     if res["metrics"] is None:
         print(f"dataset: {cfg.dataset}: no metrics computed ({res['missing']})")
     else:
@@ -72,6 +76,7 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--limit", type=int, default=None, help="first N queries only")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default $GRANALIGN_DATA)")
+    add_substitute_arg(p)
     add_cache_arg(p)
     p.set_defaults(func=cmd_run)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import add_cache_arg
+from harness.cli.common import add_cache_arg, add_substitute_arg
 from harness.config import parse_override
+from harness.method.substitutions import parse_substitutions
 from harness.report.tables import list_tables
 from harness.report.tracking import DEFAULT_TRACKING_URI
 from harness.runner.settings import Settings
@@ -21,6 +22,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_root=args.data_root, workers=args.workers,
         overrides=dict(parse_override(s) for s in args.set or []),
         out_dir=args.out, demo=args.demo,
+        substitutions=tuple(str(s) for s in parse_substitutions(args.substitute or [])),
     )
 
 
@@ -33,6 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true", help="run on the built-in SYNTHETIC demo dataset")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default $GRANALIGN_DATA)")
     p.add_argument("--out", default="runs", help="folder for rendered tables (default runs/)")
+    add_substitute_arg(p)
     add_cache_arg(p)
 
 

@@ -89,7 +89,21 @@ class Failed:
         return self.label
 
 
-Outcome = Mapping[str, Any] | Missing | Failed  # metrics, or why there are none
+@dataclass(frozen=True)
+class SameAs:
+    """A result that is another row's computation (equal configs after a substitution)."""
+
+    row: str
+
+    @property
+    def label(self) -> str:
+        return f"same as row {self.row}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+Outcome = Mapping[str, Any] | Missing | Failed | SameAs  # metrics, or why there are none here
 
 
 class MissingInputs(HarnessError):

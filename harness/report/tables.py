@@ -29,7 +29,7 @@ from typing import Any
 
 from harness.config import ExperimentConfig, from_dict, load_config
 from harness.core.errors import ConfigError
-from harness.core.results import Failed, Missing, Outcome
+from harness.core.results import Failed, Missing, Outcome, SameAs
 from harness.core.yaml_io import load_yaml
 from harness.data.spec import DATASETS
 from harness.eval.protocols import protocol_of
@@ -110,6 +110,9 @@ class TableSpec:
     info: tuple[str, ...] = ()
     note: str | None = None
     path: Path | None = None
+    # rows computed under a declared substitution (their numbers are marked), and what stood in
+    substituted: frozenset[str] = frozenset()
+    substitutions: tuple[tuple[str, str], ...] = ()  # (substitution, why), e.g. ("Cq=Ca", "...")
 
     @property
     def repo_root(self) -> Path:
@@ -401,6 +404,7 @@ Result = Outcome
 NOT_IN_PAPER = "not in paper"
 NO_PAPER_NUMBER = "–"  # the paper prints a dash
 NOT_REPORTED = "n/a"  # a computed row whose metrics lack this column's key
+SUBSTITUTED_MARK = "†"  # our number was computed under a declared substitution
 
 
 @dataclass(frozen=True)
@@ -435,17 +439,21 @@ def _lines(spec: TableSpec, results: Mapping[str, Result]) -> list[_Line]:
             status = "missing"
         elif isinstance(result, Failed):
             status = "failed"
+        elif isinstance(result, SameAs):
+            status = "same"
         elif result is None:
             status = "not run" if row.runnable else "peer"
         elif isinstance(result, Mapping):
             status = "ok"
         else:
-            raise TableError(f"table {spec.id}, row {row.name!r}: result should be a metrics mapping, Missing or Failed")
+            raise TableError(f"table {spec.id}, row {row.name!r}: result should be a metrics mapping, "
+                             "Missing, Failed or SameAs")
+        mark = SUBSTITUTED_MARK if row.name in spec.substituted and status in ("ok", "same") else ""
         cells = []
         for col, key in spec.columns.items():
             ours_val: float | None = None
-            if status in ("missing", "failed"):
-                ours = result.label  # type: ignore[union-attr]
+            if status in ("missing", "failed", "same"):
+                ours = result.label + mark  # type: ignore[union-attr]
             elif status == "not run":
                 ours = "not run"
             elif status == "peer":
@@ -454,7 +462,7 @@ def _lines(spec: TableSpec, results: Mapping[str, Result]) -> list[_Line]:
                 v = result.get(key)  # type: ignore[union-attr]
                 if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
                     ours_val = round(float(v), 2)
-                    ours = _fmt(ours_val)
+                    ours = _fmt(ours_val) + mark
                 else:  # absent, None or NaN: the run did not report this metric
                     ours = NOT_REPORTED
             paper_val = row.paper.get(col)
@@ -486,10 +494,12 @@ def _footnotes(spec: TableSpec) -> list[str]:
 
 
 def _header_line(spec: TableSpec) -> str:
-    return (
-        f"Table {spec.id}: {spec.title}. Ours on {', '.join(spec.datasets)}; "
-        f"paper on {spec.paper_dataset}."
-    )
+    line = (f"Table {spec.id}: {spec.title}. Ours on {', '.join(spec.datasets)}; "
+            f"paper on {spec.paper_dataset}.")
+    if spec.substituted:
+        subs = "; ".join(f"{s} ({why})" for s, why in spec.substitutions)
+        line += f" {SUBSTITUTED_MARK} computed with substitutions: {subs}."
+    return line
 
 
 def render_markdown(spec: TableSpec, results: Mapping[str, Result]) -> str:
@@ -529,7 +539,7 @@ def render_csv(spec: TableSpec, results: Mapping[str, Result]) -> str:
     head = ["table", "row", "inferred", "peer", "extra", *spec.info, "paper_dataset", "status"]
     for col in spec.columns:
         head += [f"{col} ours", f"{col} paper", f"{col} diff"]
-    head.append("note")
+    head += ["note", "substituted"]
     w.writerow(head)
     for line in _lines(spec, results):
         r = line.row
@@ -538,7 +548,7 @@ def render_csv(spec: TableSpec, results: Mapping[str, Result]) -> str:
         rec += [r.paper_dataset, line.status]
         for c in line.cells:
             rec += [c.ours, "" if c.paper == NO_PAPER_NUMBER else c.paper, c.diff]
-        rec.append(r.note or "")
+        rec += [r.note or "", "true" if r.name in spec.substituted else "false"]
         w.writerow(rec)
     return buf.getvalue()
 

@@ -30,9 +30,14 @@ class Settings:
     out_dir: str = "runs"
     demo: bool = False
     artifacts: bool = True
+    substitutions: tuple[str, ...] = ()  # declared stand-ins, e.g. ("Cq=Ca",): see method.substitutions
 
     def resolved_overrides(self) -> dict[str, Any]:
-        return {**(DEMO_OVERRIDES if self.demo else {}), **self.overrides}
+        """What changes the rows' configs: `--set`, `--demo` and `--substitute`."""
+        out = {**(DEMO_OVERRIDES if self.demo else {}), **self.overrides}
+        if self.substitutions:
+            out["substitute"] = list(self.substitutions)
+        return out
 
     def open_cache(self, dataset: str | None = None) -> Cache:
         """The cache a run on `dataset` reads (a synthetic dataset's own, built on first use)."""

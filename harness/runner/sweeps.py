@@ -33,10 +33,11 @@ from harness.core.io import canonical_json, sha256_hex
 from harness.core.results import Failed, MissingInputs
 from harness.core.yaml_io import load_yaml
 from harness.eval.protocols import brief, protocol_of
+from harness.method.substitutions import parse_substitutions
 from harness.report.tracking import Tracker, flatten_metrics, metric_key, provenance_tags
 from harness.runner import studies
 from harness.runner.settings import Pools, Settings
-from harness.runner.trial import ground_truth_gap, trial
+from harness.runner.trial import SUBSTITUTIONS_TAG, get_or_substitute, ground_truth_gap, trial
 
 PRUNE_FRACTIONS = (0.25, 0.5)
 TRIAL_DELAY_ENV = "GRANALIGN_TRIAL_DELAY"  # test hook: seconds each trial sleeps (a slow trial)
@@ -221,6 +222,7 @@ class SweepWorker:
         self.n_trials = n_trials
         self.retry = studies.retry_callback()
         self.delay = float(os.environ.get(TRIAL_DELAY_ENV, "0") or 0)
+        self.subs = parse_substitutions(settings.substitutions)
 
     def next_trial(self) -> optuna.Trial | None:
         """A new (or retried) trial of this process, or None once the budget is taken."""
@@ -248,11 +250,12 @@ class SweepWorker:
         try:
             params = suggest(t, self.spec.space)
             cfg = self.base.replace(**params, name=f"{self.spec.name}/trial{t.number}")
-            prep = self.pool.get(cfg)
+            prep, cfg = get_or_substitute(self.pool, cfg, self.subs)
             run_id = self.tracker.child(
                 self.parent_id, f"trial {t.number}", "trial", cfg.flat_params(),
                 provenance_tags(cfg.hash(), prep.fingerprint, cfg.dataset,
-                                {"sweep": self.spec.name, "trial": t.number, "seed": cfg.seed}),
+                                {"sweep": self.spec.name, "trial": t.number, "seed": cfg.seed,
+                                 **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}}),
             )
             t.set_user_attr("mlflow_run_id", run_id)
             t.set_user_attr("config_hash", cfg.hash())
@@ -298,13 +301,14 @@ def check_inputs(spec: SweepSpec, settings: Settings) -> None:
     pools = Pools(settings)
     configs = [base] + [base.replace(**{p: c}) for p, d in spec.space.items()
                         if d["type"] == "categorical" for c in d["choices"]]
+    subs = parse_substitutions(settings.substitutions)
     gaps = []
     no_gt = ground_truth_gap(pools(base.dataset).dataset(base.dataset, base.limit))
     if no_gt is not None:  # nothing to optimise against
         gaps.append(no_gt)
     for cfg in configs:
         try:
-            pools(cfg.dataset).get(cfg)
+            get_or_substitute(pools(cfg.dataset), cfg, subs)
         except MissingInputs as e:
             gaps.extend(m for m in e.missing if m not in gaps)
     if gaps:

@@ -35,11 +35,12 @@ from harness.build.metering import efficiency_summary
 from harness.config import ExperimentConfig
 from harness.core.errors import DataFileMissing
 from harness.core.io import atomic_write_text, canonical_json, sha256_hex
-from harness.core.results import Failed, Missing, MissingInputs, Outcome
+from harness.core.results import Failed, Missing, MissingInputs, Outcome, SameAs
 from harness.data.spec import dataset_spec
 from harness.eval.protocols import brief
 from harness.eval.top1 import top1_ious
 from harness.method.sources import Prepared
+from harness.method.substitutions import parse_substitutions
 from harness.report import plots
 from harness.report.tables import TableSpec, load_table, render_all, row_config
 from harness.report.tracking import (
@@ -51,7 +52,7 @@ from harness.report.tracking import (
 )
 from harness.runner import studies
 from harness.runner.settings import DEMO_OVERRIDES, Pools, Settings
-from harness.runner.trial import ground_truth_gap, trial
+from harness.runner.trial import SUBSTITUTIONS_TAG, get_or_substitute, ground_truth_gap, trial
 
 FAIL_ROWS_ENV = "GRANALIGN_TEST_FAIL_ROWS"  # test hook: comma list of rows that raise
 
@@ -149,11 +150,12 @@ class RowWorker:
     """Claims due rows of a table study one at a time, computes and logs them."""
 
     def __init__(self, table: str, settings: Settings, study_name: str, parent_id: str,
-                 table_run: str, rows: list[str]) -> None:
+                 table_run: str, configs: Mapping[str, ExperimentConfig]) -> None:
         self.spec = load_table(table)
         self.settings = settings
-        self.configs = row_configs(self.spec, settings)
-        self.rows = rows  # the rows this table run computes, in table order
+        self.choices = list(row_configs(self.spec, settings))  # the param's choices: every row
+        self.configs = dict(configs)  # the rows this table run computes (as run), in table order
+        self.rows = list(configs)
         self.pools = Pools(settings)
         self.url = studies.storage_url(settings.storage)
         self.study = optuna.load_study(study_name=study_name, storage=studies.open_storage(self.url))
@@ -190,7 +192,7 @@ class RowWorker:
                     self.study.enqueue_trial({"row": row}, user_attrs={
                         "config_hash": self.configs[row].hash(), "table_run": self.table_run})
                 t = self.study.ask()
-                row = t.suggest_categorical("row", list(self.configs))
+                row = t.suggest_categorical("row", self.choices)
                 if t.user_attrs.get("table_run") == self.table_run and row in self.rows:
                     studies.claim(t)
                     return t, row
@@ -243,7 +245,7 @@ class RowWorker:
                   extra: Mapping[str, Any] | None = None) -> str:
         tags = provenance_tags(cfg.hash(), fingerprint, cfg.dataset, {
             "table": self.spec.id, "row": row, "status": "ok", "seed": cfg.seed, "trial": t.number,
-            **(extra or {})})
+            **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}, **(extra or {})})
         return self.tracker.child(self.parent_id, row, "row", cfg.flat_params(), tags)
 
     def _log(self, run_id: str, prep: Prepared, res: dict[str, Any], metrics: Mapping[str, float]) -> None:
@@ -256,8 +258,8 @@ class RowWorker:
 
 
 def _row_worker_main(table: str, settings: Settings, study: str, parent_id: str, table_run: str,
-                     rows: list[str]) -> None:
-    RowWorker(table, settings, study, parent_id, table_run, rows).run()
+                     configs: Mapping[str, ExperimentConfig]) -> None:
+    RowWorker(table, settings, study, parent_id, table_run, configs).run()
 
 
 def log_row_artifacts(tracker: Tracker, run_id: str, prep: Prepared, res: dict[str, Any]) -> None:
@@ -299,7 +301,8 @@ def run_table(table: str, settings: Settings, echo: bool = True) -> TableRun:
     parent_id = tracker.parent(
         name, f"table{spec.id}",
         {"table": spec.id, "title": spec.title, "overrides": json.dumps(over, sort_keys=True),
-         "dataset": ",".join(sorted({c.dataset for c in configs.values()}))},
+         "dataset": ",".join(sorted({c.dataset for c in configs.values()})),
+         **({SUBSTITUTIONS_TAG: ", ".join(settings.substitutions)} if settings.substitutions else {})},
     )
     try:
         run = _fill_table(spec, settings, configs, study, name, url, tracker, parent_id, t0)
@@ -323,12 +326,15 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
         studies.reap_dead_trials(study)
     studies.close_orphan_runs(study, tracker, parent_id)
 
-    # which rows can run: a cheap look at the cache, before any trial
+    # which rows can run (as configured, or under a declared substitution): a cheap look at
+    # the cache, before any trial
+    subs = parse_substitutions(settings.substitutions)
     pools = Pools(settings)
     missing: dict[str, Missing] = {}
+    used: dict[str, ExperimentConfig] = {}
     for row, cfg in configs.items():
         try:
-            pools(cfg.dataset).get(cfg)
+            _, used[row] = get_or_substitute(pools(cfg.dataset), cfg, subs)
             gap = ground_truth_gap(pools(cfg.dataset).dataset(cfg.dataset, cfg.limit))
         except Exception as e:
             gap = _unavailable(e, cfg.dataset)
@@ -336,8 +342,17 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
                 raise
         if gap is not None:
             missing[row] = gap
-    done_before = _complete_rows(study, configs)
-    todo = [r for r in configs if r not in missing and r not in done_before]
+            used.pop(row, None)
+    substituted_rows = frozenset(r for r, c in used.items() if SUBSTITUTIONS_TAG in c.tags)
+    same: dict[str, SameAs] = {}
+    first: dict[str, str] = {}  # config hash -> the first row that computes it
+    for row, cfg in used.items():
+        earlier = first.setdefault(cfg.hash(), row)
+        if earlier != row and {row, earlier} & substituted_rows:
+            same[row] = SameAs(earlier)
+    compute = {r: c for r, c in used.items() if r not in same}
+    done_before = _complete_rows(study, compute)
+    todo = {r: c for r, c in compute.items() if r not in done_before}
     table_run = uuid.uuid4().hex
     if todo:
         if settings.workers <= 1:
@@ -350,7 +365,7 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
             with studies.study_lock(url, name):
                 studies.reap_dead_trials(study)
     studies.close_orphan_runs(study, tracker, parent_id)
-    done = _complete_rows(study, configs)
+    done = _complete_rows(study, compute)
 
     results: dict[str, Outcome] = {}
     trials = study.get_trials(deepcopy=False)
@@ -359,32 +374,40 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
             results[row] = done[row].user_attrs["metrics"]
         elif row in missing:
             results[row] = missing[row]
+        elif row in same:
+            results[row] = same[row]
         else:
             failed = [t for t in trials if t.params.get("row") == row and t.state == TrialState.FAIL]
             why = failed[-1].user_attrs.get("error") or studies.worker_gone(failed[-1]) if failed else ""
             results[row] = Failed(why or "not run (no worker reached it)")
-    _log_missing_rows(tracker, parent_id, spec, configs, missing)
-    rendered = render_all(effective_spec(spec, settings), results)
+    _log_unavailable_rows(tracker, parent_id, spec, configs, {**missing, **same})
+    shown = dataclasses.replace(effective_spec(spec, settings), substituted=substituted_rows,
+                                substitutions=tuple((str(x), x.reason) for x in subs))
+    rendered = render_all(shown, results)
     _write_table(spec, rendered, settings, tracker, parent_id, results, configs)
     computed = len([r for r in todo if r in done])
     return TableRun(spec, results, rendered, computed, len(done) - computed,
                     time.perf_counter() - t0, name, parent_id)
 
 
-def _log_missing_rows(tracker: Tracker, parent_id: str, spec: TableSpec,
-                      configs: Mapping[str, ExperimentConfig], missing: Mapping[str, Missing]) -> None:
-    """One child run per missing row and reason, logged once per parent."""
+def _log_unavailable_rows(tracker: Tracker, parent_id: str, spec: TableSpec,
+                          configs: Mapping[str, ExperimentConfig],
+                          rows: Mapping[str, Missing | SameAs]) -> None:
+    """One child run per row without its own numbers (missing, or the same computation as
+    another row) and reason, logged once per parent."""
     seen = {
-        (r.data.tags.get("row"), r.data.tags.get("missing"))
+        (r.data.tags.get("row"), r.data.tags.get("missing") or r.data.tags.get("same_as"))
         for r in tracker.children(parent_id)
-        if r.data.tags.get("status") == "missing"
+        if r.data.tags.get("status") in ("missing", "same_as")
     }
-    for row, m in missing.items():
-        if (row, m.label) in seen:
+    for row, why in rows.items():
+        reason = why.label if isinstance(why, Missing) else why.row
+        if (row, reason) in seen:
             continue
         cfg = configs[row]
-        tags = provenance_tags(cfg.hash(), "", cfg.dataset,
-                               {"table": spec.id, "row": row, "status": "missing", "missing": m.label})
+        extra = ({"status": "missing", "missing": reason} if isinstance(why, Missing)
+                 else {"status": "same_as", "same_as": reason})
+        tags = provenance_tags(cfg.hash(), "", cfg.dataset, {"table": spec.id, "row": row, **extra})
         run_id = tracker.child(parent_id, row, "row", cfg.flat_params(), tags)
         tracker.finish(run_id)
 
@@ -426,6 +449,7 @@ def table_from_mlflow(table: str, settings: Settings, echo: bool = True) -> dict
     if parent is None:
         raise LookupError(f"no MLflow parent run for table {spec.id} (study {name}) at {tracker.uri}")
     results: dict[str, Outcome] = {}
+    substituted: set[str] = set()
     for run in sorted(tracker.children(parent), key=lambda r: r.info.start_time):
         row = run.data.tags.get("row")
         if row is None:
@@ -433,11 +457,18 @@ def table_from_mlflow(table: str, settings: Settings, echo: bool = True) -> dict
         status = run.data.tags.get("status")
         if status == "missing":
             results.setdefault(row, Missing.from_label(run.data.tags.get("missing", "missing: ?")))
+        elif status == "same_as":
+            results.setdefault(row, SameAs(run.data.tags["same_as"]))
         elif run.info.status == "FINISHED":
             results[row] = {evaluator_key(k): v for k, v in run.data.metrics.items()}
+            if SUBSTITUTIONS_TAG in run.data.tags:
+                substituted.add(row)
         elif run.info.status == "FAILED" and not isinstance(results.get(row), Mapping):
             results[row] = Failed(run.data.tags.get("error", "failed"))
-    rendered = render_all(effective_spec(spec, settings), results)
+    subs = parse_substitutions(settings.substitutions)
+    shown = dataclasses.replace(effective_spec(spec, settings), substituted=frozenset(substituted),
+                                substitutions=tuple((str(x), x.reason) for x in subs))
+    rendered = render_all(shown, results)
     if echo:
         print(rendered["md"])
     return rendered

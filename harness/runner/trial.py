@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from harness.eval.protocols import evaluate
 from harness.method.recipes import predict, prediction_rows
 from harness.method.scoring import Pair, resolve_pairing
 from harness.method.sources import Prepared, SourceSpec, prepare
+from harness.method.substitutions import Substitution, label, substitute_pairs
 
 
 def embedder_model(cfg: ExperimentConfig) -> str:
@@ -82,6 +83,31 @@ class InputPool:
         return prep
 
 
+SUBSTITUTIONS_TAG = "granalign.substitutions"
+
+
+def substituted(cfg: ExperimentConfig, subs: Sequence[Substitution]) -> ExperimentConfig | None:
+    """`cfg` with its pairing rewritten by `subs` (and tagged so), or None if none applies."""
+    pairs = cfg.pairs()
+    new = substitute_pairs(pairs, subs)
+    if new == pairs:
+        return None
+    return cfg.replace(pairing=[list(p) for p in new], tags={**cfg.tags, SUBSTITUTIONS_TAG: label(subs)})
+
+
+def get_or_substitute(pool: InputPool, cfg: ExperimentConfig,
+                      subs: Sequence[Substitution]) -> tuple[Prepared, ExperimentConfig]:
+    """The inputs of `cfg`; when the cache lacks them and `subs` are declared, those of the
+    substituted config (which is returned; its tags say so). Raises MissingInputs otherwise."""
+    try:
+        return pool.get(cfg), cfg
+    except MissingInputs:
+        alt = substituted(cfg, subs) if subs else None
+        if alt is None:
+            raise
+        return pool.get(alt), alt
+
+
 def predictions(prep: Prepared, cfg: ExperimentConfig) -> list[dict[str, Any]]:
     return prediction_rows(prep, predict(prep, cfg))
 
@@ -109,6 +135,7 @@ def run_config(
     out_dir: str | Path | None = None,
     cache: Cache | None = None,
     data_root: str | Path | None = None,
+    substitutions: Sequence[Substitution] = (),
 ) -> dict[str, Any]:
     """`granalign run`: read, predict, evaluate, write predictions + metrics + run info.
 
@@ -117,7 +144,7 @@ def run_config(
     cache = cache or Cache(readonly=False)
     t0 = time.perf_counter()
     pool = InputPool(cache, data_root)
-    prep = pool.get(cfg)
+    prep, cfg = get_or_substitute(pool, cfg, substitutions)
     t_read = time.perf_counter() - t0
     no_gt = ground_truth_gap(pool.dataset(cfg.dataset, cfg.limit))
     rows = predictions(prep, cfg)
@@ -136,6 +163,8 @@ def run_config(
         "queries": len(prep.queries),
         "seconds": {"read": round(t_read, 3), "total": round(t_total, 3)},
         "metrics": str(no_gt) if no_gt else "metrics.json",
+        "substitutions": cfg.tags.get(SUBSTITUTIONS_TAG, ""),
+        "pairing": "+".join(f"{x}-{c}" for x, c in cfg.pairs()),
     }
     submission = dataset_spec(cfg.dataset).submission
     if submission:
