@@ -404,7 +404,7 @@ Result = Outcome
 NOT_IN_PAPER = "not in paper"
 NO_PAPER_NUMBER = "–"  # the paper prints a dash
 NOT_REPORTED = "n/a"  # a computed row whose metrics lack this column's key
-SUBSTITUTED_MARK = "†"  # our number was computed under a declared substitution
+SUBSTITUTED_MARK = "‡"  # our number was computed under a declared substitution (the paper uses †)
 
 
 @dataclass(frozen=True)
@@ -556,7 +556,7 @@ def render_csv(spec: TableSpec, results: Mapping[str, Result]) -> str:
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "✓": r"\checkmark{}", "–": "--", "†": r"\dag{}", "Δ": r"$\Delta$",
+    "✓": r"\checkmark{}", "–": "--", "†": r"\dag{}", "‡": r"\ddag{}", "Δ": r"$\Delta$",
 }  # fmt: skip
 
 
