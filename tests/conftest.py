@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,22 @@ def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
+
+
+N_REAL = 40  # QVHighlights val queries in the real-data subset (fast enough for CI)
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Any:
+    """MiniGPT-v2 captions + paraphrases of the first N_REAL val queries, embedded."""
+    from harness.cache.embedders import build_embedder, embed_dataset
+    from harness.cache.importers import import_captions, import_paraphrases
+    from harness.cache.store import Cache
+    from harness.data import load_dataset
+
+    cache = Cache(tmp_path_factory.mktemp("real") / "cache")
+    ds = load_dataset("qvhighlights:val", data_root).subset(N_REAL)
+    import_captions(cache, ds, "minigptv2", root=data_root, progress=False)
+    import_paraphrases(cache, ds, root=data_root, strict_qids=False, progress=False)
+    embed_dataset(cache, ds, build_embedder("minilm"), progress=False)
+    return cache

@@ -28,20 +28,6 @@ def demo(demo_cache: Path) -> Cache:
     return Cache(demo_cache)
 
 
-@pytest.fixture(scope="session")
-def real_cache(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Cache:
-    """MiniGPT-v2 captions + paraphrases of the first N_REAL val queries, embedded."""
-    from harness.cache.embedders import build_embedder, embed_dataset
-    from harness.cache.importers import import_captions, import_paraphrases
-
-    cache = Cache(tmp_path_factory.mktemp("real") / "cache")
-    ds = load_dataset("qvhighlights:val", data_root).subset(N_REAL)
-    import_captions(cache, ds, "minigptv2", root=data_root, progress=False)
-    import_paraphrases(cache, ds, root=data_root, strict_qids=False, progress=False)
-    embed_dataset(cache, ds, build_embedder("minilm"), progress=False)
-    return cache
-
-
 @pytest.mark.parametrize("pairing", PAIRINGS.names())
 def test_every_pairing_runs_on_the_demo(demo: Cache, pairing: str) -> None:
     cfg = load_config(REPO / "experiments" / "demo.yaml", {"pairing": pairing})

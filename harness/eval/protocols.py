@@ -20,9 +20,15 @@ Evaluator = Callable[[Sequence[Query], Sequence[Mapping[str, Any]]], dict[str, A
 
 @dataclass(frozen=True)
 class Protocol:
+    """`evaluate(gt, rows)` scores prediction rows (a file); `ground_truth(gt)` turns the
+    queries into the arrays `score(g, windows, saliency, lengths, highlights)` reads, which
+    is what `evaluate` runs too and what a trial calls directly on its arrays."""
+
     name: str
     evaluate: Evaluator
     metric_keys: tuple[str, ...]
+    ground_truth: Callable[[Sequence[Query]], Any]
+    score: Callable[..., dict[str, Any]]
 
     def describe(self) -> str:
         return f"{(self.evaluate.__doc__ or '').strip().splitlines()[0]} Keys: {', '.join(self.metric_keys)}"

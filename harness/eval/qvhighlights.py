@@ -37,6 +37,7 @@ code would produce NaN. QVHighlights GT windows are never empty, so this never m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from harness.core.errors import DataError
 from harness.core.query import Query
 from harness.eval.predictions import align
 from harness.eval.protocols import PROTOCOLS, Protocol
-from harness.eval.windows import Windows, cross_iou, first_window_iou, pct, recall_at_one
+from harness.eval.windows import Windows, cross_iou, paired_iou, pct, recall_at_one
 
 IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 MAX_PRED_WINDOWS = 10  # official: mAP looks at the first 10 predicted windows only
@@ -71,13 +72,33 @@ def sort_by_score(pred: Windows) -> Windows:
     )
 
 
-def greedy_true_positives(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def greedy_true_positives(iou: np.ndarray, thresholds: np.ndarray, n_gt: np.ndarray | None = None) -> np.ndarray:
     """(Q, T, P) bool: is prediction p a true positive at threshold t?
 
     `iou` (Q, P, G) with predictions in rank order and -1 for padding. Each prediction in turn
     takes the still-unmatched GT window of highest IoU, if that IoU >= t; among equal IoUs the
     later GT window wins, as in the official loop (stable ascending argsort, then reversed).
+
+    Queries are processed in groups of similar GT counts (`n_gt`, the valid GT windows per
+    query, with their windows first): a padded G of the split's largest count (25 on
+    QVHighlights val, where two thirds of the queries have one window) would cost ten times
+    the work. With one GT window the greedy pass reduces to "the first hit".
     """
+    if n_gt is None:
+        return _greedy(iou, thresholds)
+    tp = np.zeros((iou.shape[0], len(thresholds), iou.shape[1]), dtype=bool)
+    single = n_gt <= 1
+    if single.any():
+        hit = iou[single, :, :1].transpose(0, 2, 1) >= thresholds[None, :, None]  # (Qs, T, P)
+        tp[single] = hit & (np.cumsum(hit, axis=-1) == 1)
+    for lo, hi in ((1, 4), (4, int(n_gt.max(initial=0)))):  # few groups: each is a Python loop
+        group = (n_gt > lo) & (n_gt <= hi)
+        if group.any():
+            tp[group] = _greedy(iou[group, :, :hi], thresholds)
+    return tp
+
+
+def _greedy(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     q, p, g = iou.shape
     locked = np.zeros((q, len(thresholds), g), dtype=bool)
     tp = np.zeros((q, len(thresholds), p), dtype=bool)
@@ -112,22 +133,55 @@ def interpolated_ap(tp: np.ndarray, valid: np.ndarray, n_gt: np.ndarray) -> np.n
 def mr_ap(pred: Windows, gt: Windows, thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
     """(Q, T) per-query AP of the first 10 predicted windows re-sorted by score."""
     ranked = sort_by_score(pred[:, :MAX_PRED_WINDOWS])
-    iou = cross_iou(ranked.se, gt.se)
-    iou = np.where(ranked.valid[:, :, None] & gt.valid[:, None, :], iou, -1.0)
-    tp = greedy_true_positives(iou, np.asarray(thresholds, dtype=float))
-    return interpolated_ap(tp, ranked.valid, gt.valid.sum(axis=1).astype(float))
+    gt, _ = pack_windows(gt)  # greedy_true_positives groups by count: valid windows first
+    return ap_from_iou(ranked.valid, cross_iou(ranked.se, gt.se), gt.valid, thresholds)
+
+
+def pack_windows(w: Windows) -> tuple[Windows, np.ndarray]:
+    """The same windows with each query's valid ones first (in their order), the padding
+    trimmed to the longest row (what `mr_ap` reads fastest), and the columns they came from."""
+    order = np.argsort(~w.valid, axis=1, kind="stable")
+    width = max(int(w.valid.sum(axis=1).max(initial=0)), 1)
+    order = order[:, :width]
+    packed = Windows(np.take_along_axis(w.se, order[..., None], axis=1),
+                     np.take_along_axis(w.valid, order, axis=1), np.take_along_axis(w.score, order, axis=1))
+    return packed, order
+
+
+def ap_from_iou(ranked_valid: np.ndarray, iou: np.ndarray, gt_valid: np.ndarray,
+                thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
+    """(Q, T) per-query AP from the IoUs of score-ranked predictions with packed GT windows."""
+    iou = np.where(ranked_valid[:, :, None] & gt_valid[:, None, :], iou, -1.0)
+    n_gt = gt_valid.sum(axis=1)
+    tp = greedy_true_positives(iou, np.asarray(thresholds, dtype=float), n_gt)
+    return interpolated_ap(tp, ranked_valid, n_gt.astype(float))
+
+
+def split_metrics(pred: Windows, iou: np.ndarray, gt: Windows) -> dict[str, Any]:
+    """`mr_metrics` of one length split from `iou` (Q, P, G): the predictions in file order
+    against the split's packed GT windows, computed once for all splits."""
+    order = np.lexsort((-pred.score, ~pred.valid), axis=-1)
+    ranked_valid = np.take_along_axis(pred.valid, order, axis=1)
+    ap = ap_from_iou(ranked_valid, np.take_along_axis(iou, order[..., None], axis=1), gt.valid)
+    first = np.where(gt.valid, iou[:, 0, :], -np.inf)
+    chosen = np.take_along_axis(gt.se, np.argmax(first, axis=1)[:, None, None], axis=1)[:, 0]
+    top1 = np.where(pred.valid[:, 0], paired_iou(pred.se[:, 0], chosen), 0.0)
+    return _mr_summary(ap, pred.valid.any(axis=1), top1)
+
+
+def _mr_summary(ap: np.ndarray, has_pred: np.ndarray, top1: np.ndarray) -> dict[str, Any]:
+    mean_ap = ap[has_pred].mean(axis=0) if has_pred.any() else np.full(len(IOU_THRESHOLDS), np.nan)
+    m_ap = {str(t): pct(float(v)) for t, v in zip(IOU_THRESHOLDS, mean_ap, strict=True)}
+    m_ap["average"] = pct(float(np.mean(mean_ap)))
+    return {"MR-mAP": m_ap, "MR-R1": recall_at_one(top1, IOU_THRESHOLDS), "iou": top1}
 
 
 def mr_metrics(pred: Windows, gt: Windows) -> dict[str, Any]:
     """`{"MR-mAP": {t: ..., "average": ...}, "MR-R1": {t: ...}}` for one length split, plus
     the first-window IoUs (key `iou`, an array) for the extra brief metrics."""
-    ap = mr_ap(pred, gt)
-    has_pred = pred.valid.any(axis=1)
-    mean_ap = ap[has_pred].mean(axis=0) if has_pred.any() else np.full(len(IOU_THRESHOLDS), np.nan)
-    m_ap = {str(t): pct(float(v)) for t, v in zip(IOU_THRESHOLDS, mean_ap, strict=True)}
-    m_ap["average"] = pct(float(np.mean(mean_ap)))
-    iou = first_window_iou(pred[:, :1], gt)
-    return {"MR-mAP": m_ap, "MR-R1": recall_at_one(iou, IOU_THRESHOLDS), "iou": iou}
+    pred = pred[:, :MAX_PRED_WINDOWS]
+    gt, _ = pack_windows(gt)
+    return split_metrics(pred, cross_iou(pred.se, gt.se), gt)
 
 
 def length_split(gt: Windows, lo: float, hi: float) -> tuple[np.ndarray, Windows]:
@@ -218,14 +272,23 @@ def highlight_metrics(
 ) -> dict[str, Any]:
     """`HL-min-{Fair,Good,VeryGood}` -> {HL-mAP, HL-Hit1}, over all queries."""
     labels, n_clips = saliency_labels(gt)
+    lengths = np.array([len(r) for r in pred_saliency], dtype=int)
+    scores = pad_scores(pred_saliency, max(int(lengths.max(initial=0)), 1), 0.0)
+    return highlight_metrics_arrays(labels, n_clips, scores, lengths)
+
+
+def highlight_metrics_arrays(labels: np.ndarray, n_clips: np.ndarray, scores: np.ndarray,
+                             lengths: np.ndarray) -> dict[str, Any]:
+    """`highlight_metrics` on arrays: `scores` (Q, T) predicted saliency, valid up to `lengths`."""
     width = labels.shape[1]
-    on_grid = pad_scores(
-        [r[: int(n)] for r, n in zip(pred_saliency, n_clips, strict=True)], width, 0.0
-    )
-    full = pad_scores(pred_saliency, max((len(r) for r in pred_saliency), default=1), -np.inf)
+    cols = np.arange(max(width, scores.shape[1]))
+    padded = np.zeros((scores.shape[0], cols.size))
+    padded[:, : scores.shape[1]] = scores
+    on_grid = np.where(cols[None, :width] < np.minimum(lengths, n_clips)[:, None], padded[:, :width], 0.0)
+    full = np.where(cols[None, : scores.shape[1]] < lengths[:, None], scores, -np.inf)
     # one ranking serves every level: stack the levels' labels as extra "annotators"
     positive = np.concatenate([(labels >= m).astype(float) for _, m in HL_LEVELS], axis=2)
-    ap = highlight_ap(on_grid, positive, n_clips).reshape(len(gt), len(HL_LEVELS), -1)
+    ap = highlight_ap(on_grid, positive, n_clips).reshape(len(labels), len(HL_LEVELS), -1)
     out: dict[str, Any] = {}
     a = labels.shape[2]
     for k, (name, _) in enumerate(HL_LEVELS):
@@ -237,11 +300,19 @@ def highlight_metrics(
     return out
 
 
+@dataclass(frozen=True)
+class QVHGroundTruth:
+    """Everything the evaluator needs of the ground truth, as arrays, built once per split."""
 
-def evaluate_qvhighlights(
-    gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Every metric of the official QVHighlights evaluator, plus MR-full-R1@0.3 and mIoU."""
+    queries: tuple[Query, ...]
+    windows: Windows
+    # length range -> (queries kept, their packed GT windows, the full GT columns they are)
+    splits: dict[str, tuple[np.ndarray, Windows, np.ndarray]]
+    labels: np.ndarray | None  # (Q, L, 3) saliency on the official grid; None: no saliency
+    n_clips: np.ndarray | None
+
+
+def qvh_ground_truth(gt: Sequence[Query]) -> QVHGroundTruth:
     if not gt:
         raise DataError("no ground-truth queries to evaluate")
     missing_gt = [q.qid for q in gt if not q.windows]
@@ -250,17 +321,30 @@ def evaluate_qvhighlights(
             f"{len(missing_gt)} queries have no GT windows (e.g. qid {missing_gt[:5]}): "
             "this split has no ground truth to evaluate against"
         )
-    rows = align(gt, preds)
-    pred = Windows.from_lists([r["pred_relevant_windows"] for r in rows], MAX_PRED_WINDOWS)
-    gt_w = Windows.from_lists([q.windows for q in gt])
+    windows = Windows.from_lists([q.windows for q in gt])
+    windows, _ = pack_windows(windows)
+    splits = {}
+    for name, (lo, hi) in LENGTH_RANGES.items():
+        keep, sub = length_split(windows, lo, hi)
+        splits[name] = (keep, *pack_windows(sub))
+    labels, n_clips = saliency_labels(gt) if all(q.saliency is not None for q in gt) else (None, None)
+    return QVHGroundTruth(tuple(gt), windows, splits, labels, n_clips)
 
+
+def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | None,
+                       lengths: np.ndarray | None, highlights: bool = True) -> dict[str, Any]:
+    """The official metrics from arrays: `pred` (Q, W) windows with scores in file order,
+    `saliency` (Q, T) valid up to `lengths` (None: the predictions have none). Highlight
+    metrics only when `highlights` (a sweep that does not need them skips their cost)."""
+    pred = pred[:, :MAX_PRED_WINDOWS]
     result: dict[str, Any] = {}
-    full = mr_metrics(pred, gt_w)
+    cross = cross_iou(pred.se, g.windows.se)  # once; each length split takes its columns
+    full = split_metrics(pred, cross, g.windows)
     iou = full.pop("iou")
     result["full"] = full
-    for name, (lo, hi) in LENGTH_RANGES.items():
-        keep, sub_gt = length_split(gt_w, lo, hi)
-        split = mr_metrics(pred[keep], sub_gt)
+    for name, (keep, sub_gt, cols) in g.splits.items():
+        sub = np.take_along_axis(cross[keep], cols[:, None, :], axis=2)
+        split = split_metrics(pred[keep], sub, sub_gt)
         split.pop("iou")
         result[name] = split
 
@@ -277,20 +361,14 @@ def evaluate_qvhighlights(
         "MR-short-mAP": result["short"]["MR-mAP"]["average"],
     }
     notes = []
-    saliency = [r.get("pred_saliency_scores") for r in rows]
-    have = [s is not None for s in saliency]
-    if not any(have):
+    if not highlights:
+        notes.append("highlight metrics (HL-*) not asked for")
+    elif saliency is None or lengths is None:
         notes.append("no pred_saliency_scores in the predictions: highlight metrics (HL-*) skipped")
-    elif not all(have):
-        lacking = [q.qid for q, h in zip(gt, have, strict=True) if not h]
-        raise DataError(
-            f"{len(lacking)} of {len(gt)} predictions lack pred_saliency_scores (e.g. qid "
-            f"{lacking[:5]}): give them for every query or for none"
-        )
-    elif any(q.saliency is None for q in gt):
+    elif g.labels is None or g.n_clips is None:
         notes.append("the ground truth has no saliency_scores: highlight metrics (HL-*) skipped")
     else:
-        hl = highlight_metrics(gt, saliency)  # type: ignore[arg-type]
+        hl = highlight_metrics_arrays(g.labels, g.n_clips, saliency, lengths)
         result.update(hl)
         for level, values in hl.items():
             brief[f"{level}-mAP"] = values["HL-mAP"]
@@ -301,4 +379,27 @@ def evaluate_qvhighlights(
     return ordered
 
 
-PROTOCOLS.register("qvhighlights")(Protocol("qvhighlights", evaluate_qvhighlights, BRIEF_KEYS))
+def evaluate_qvhighlights(
+    gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Every metric of the official QVHighlights evaluator, plus MR-full-R1@0.3 and mIoU."""
+    g = qvh_ground_truth(gt)
+    rows = align(gt, preds)
+    pred = Windows.from_lists([r["pred_relevant_windows"] for r in rows], MAX_PRED_WINDOWS)
+    saliency = [r.get("pred_saliency_scores") for r in rows]
+    have = [s is not None for s in saliency]
+    if any(have) and not all(have):
+        lacking = [q.qid for q, h in zip(gt, have, strict=True) if not h]
+        raise DataError(
+            f"{len(lacking)} of {len(gt)} predictions lack pred_saliency_scores (e.g. qid "
+            f"{lacking[:5]}): give them for every query or for none"
+        )
+    scores = lengths = None
+    if all(have):
+        lengths = np.array([len(s) for s in saliency], dtype=int)  # type: ignore[arg-type]
+        scores = pad_scores(saliency, max(int(lengths.max(initial=0)), 1), 0.0)  # type: ignore[arg-type]
+    return score_qvhighlights(g, pred, scores, lengths)
+
+
+PROTOCOLS.register("qvhighlights")(
+    Protocol("qvhighlights", evaluate_qvhighlights, BRIEF_KEYS, qvh_ground_truth, score_qvhighlights))

@@ -30,19 +30,32 @@ def top1_ious(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> np.nda
     return first_window_iou(first_windows(gt, preds), Windows.from_lists([q.windows for q in gt]))
 
 
-def evaluate_top1(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Charades-STA / ActivityNet: R1@{0.3,0.5,0.7} and mIoU of the first window, all queries."""
+def top1_ground_truth(gt: Sequence[Query]) -> Windows:
     if not gt:
         raise DataError("no ground-truth queries to evaluate")
-    first = first_windows(gt, preds)
-    iou = first_window_iou(first, Windows.from_lists([q.windows for q in gt]))
+    missing_gt = [q.qid for q in gt if not q.windows]
+    if missing_gt:
+        raise DataError(f"{len(missing_gt)} queries have no GT windows (e.g. qid {missing_gt[:5]})")
+    return Windows.from_lists([q.windows for q in gt])
+
+
+def evaluate_top1(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Charades-STA / ActivityNet: R1@{0.3,0.5,0.7} and mIoU of the first window, all queries."""
+    return score_top1(top1_ground_truth(gt), first_windows(gt, preds))
+
+
+def score_top1(g: Windows, pred: Windows, saliency: Any = None, lengths: Any = None,
+               highlights: bool = False) -> dict[str, Any]:
+    """The top-1 metrics from arrays (saliency is not part of this protocol)."""
+    first = pred[:, :1]
+    iou = first_window_iou(first, g)
     brief = {f"R1@{t}": pct(float(np.mean(iou >= t))) for t in TOP1_THRESHOLDS}
     brief["mIoU"] = pct(float(np.mean(iou)))
     return {
         "brief": brief,
-        "n_queries": len(gt),
+        "n_queries": len(iou),
         "n_without_prediction": int((~first.valid[:, 0]).sum()),
     }
 
 
-PROTOCOLS.register("top1")(Protocol("top1", evaluate_top1, BRIEF_KEYS))
+PROTOCOLS.register("top1")(Protocol("top1", evaluate_top1, BRIEF_KEYS, top1_ground_truth, score_top1))

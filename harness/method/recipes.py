@@ -8,14 +8,16 @@ decorator; configs select it by name (`recipe: vtg-gpt`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from harness.core.constants import CLIP_SECONDS
+from harness.core.query import Query
 from harness.core.registry import Registry
-from harness.method.proposals import MPGParams, Spans, moment_proposals, temporal_nms
+from harness.method.proposals import CurveBatch, MPGParams, batched_nms, moment_proposals
 from harness.method.scoring import (
     NORMALISATIONS,
     Pair,
@@ -37,6 +39,9 @@ class Curves:
     owner: np.ndarray  # (N,) query index
     saliency: np.ndarray  # (Q, T_max)
 
+    def __post_init__(self) -> None:
+        self.batch = CurveBatch(self.values)  # what the MPG derives from the curves alone, kept
+
 
 class Recipe:
     """GranAlign: Eq. 1 curves, the MPG on variant and mean curves, Eq. 2, NMS on seconds."""
@@ -50,8 +55,14 @@ class Recipe:
         "prune", "span_score", "proposals_from", "cq_fallback", "max_windows",
     })
 
+    # the config fields `curves` reads: trials that agree on them share one set of curves
+    curve_fields: ClassVar[tuple[str, ...]] = ("m", "normalisation", "K", "cq_fallback", "proposals_from")
+
     def pairs(self, cfg: Any) -> tuple[Pair, ...]:
         return resolve_pairing(cfg.pairing)
+
+    def curve_key(self, cfg: Any) -> tuple[Any, ...]:
+        return (type(self).__name__, self.pairs(cfg), *(getattr(cfg, f) for f in self.curve_fields))
 
     def pair_scores(self, prep: Prepared, cfg: Any) -> list[np.ndarray]:
         """Normalised g(x_j, C_i) per pair, `(Q, m_x, T_max)`, first m variants."""
@@ -105,6 +116,7 @@ class VTGGPT(Recipe):
 
     nms_closed_index = True
     reads = Recipe.reads - {"prune", "n", "span_score", "proposals_from"}
+    curve_fields = ("m", "normalisation", "K", "cq_fallback")
 
     def curves(self, prep: Prepared, cfg: Any) -> Curves:
         per_pair = self.pair_scores(prep, cfg)
@@ -117,56 +129,59 @@ class VTGGPT(Recipe):
         return MPGParams(p.bins, p.top_k, p.gap, 0.0, p.lam, "none", "selected")
 
 
-@dataclass
-class QueryPrediction:
-    windows: np.ndarray  # (k, 2) seconds
-    scores: np.ndarray  # (k,)
-    saliency: np.ndarray  # (n_frames,)
+@dataclass(frozen=True)
+class Predictions:
+    """Every query's windows (best first, at most `max_windows`) and saliency, as arrays.
 
+    `windows` (Q, W, 2) seconds clipped to the duration, `scores` (Q, W), `valid` (Q, W);
+    `saliency` (Q, T_max) is the per-clip curve, NaN past each video's `n_frames`. A trial
+    evaluates these arrays directly; `rows` builds the official jsonl rows only when a file
+    is written.
+    """
 
-def predict(prep: Prepared, cfg: Any) -> list[QueryPrediction]:
-    """Windows (seconds, best first, at most `max_windows`) and saliency for every query."""
-    recipe = RECIPES.get(cfg.recipe)()
-    curves = recipe.curves(prep, cfg)
-    spans = moment_proposals(curves.values, recipe.mpg_params(cfg))
-    return pool_and_nms(spans, curves, prep, cfg.tau, cfg.max_windows, recipe.nms_closed_index)
+    windows: np.ndarray
+    scores: np.ndarray
+    valid: np.ndarray
+    saliency: np.ndarray
+    n_frames: np.ndarray
 
+    def as_written(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Windows, scores and saliency as a prediction file holds them (rounded to 4 and 6
+        decimals, NaN saliency as 0): evaluating these equals evaluating the file."""
+        sal = np.round(np.nan_to_num(self.saliency), 6)
+        return np.round(self.windows, 4), np.round(self.scores, 6), sal
 
-def pool_and_nms(
-    spans: Spans, curves: Curves, prep: Prepared, tau: float, max_windows: int, closed_index: bool
-) -> list[QueryPrediction]:
-    """Pool each query's spans from all its curves, NMS, convert to clipped seconds."""
-    owner = curves.owner[spans.curve]
-    order = np.lexsort((-spans.score, owner))
-    owner_sorted = owner[order]
-    bounds = np.searchsorted(owner_sorted, np.arange(len(prep.queries) + 1))
-    out = []
-    for qi, q in enumerate(prep.queries):
-        idx = order[bounds[qi] : bounds[qi + 1]]
-        first = spans.first[idx].astype(np.float64)
-        last = spans.last[idx].astype(np.float64)
-        score = spans.score[idx]
-        ends = last if closed_index else last + 1.0
-        keep = temporal_nms(np.stack([first, ends], axis=1), score, tau, max_windows)
-        win = np.stack([first[keep] * CLIP_SECONDS, (last[keep] + 1.0) * CLIP_SECONDS], axis=1)
-        win = np.clip(win, 0.0, q.duration)
-        n = int(prep.n_frames[qi])
-        out.append(QueryPrediction(win, score[keep], curves.saliency[qi, :n]))
-    return out
-
-
-def prediction_rows(prep: Prepared, preds: list[QueryPrediction]) -> list[dict[str, Any]]:
-    """The official QVHighlights prediction jsonl rows."""
-    rows = []
-    for q, p in zip(prep.queries, preds, strict=True):
-        windows = np.column_stack([np.round(p.windows, 4), np.round(p.scores, 6)]) if len(p.scores) else []
-        rows.append(
-            {
+    def rows(self, queries: Sequence[Query]) -> list[dict[str, Any]]:
+        """The official QVHighlights prediction jsonl rows."""
+        windows, scores, sal = self.as_written()
+        out = []
+        for i, q in enumerate(queries):
+            k = int(self.valid[i].sum())
+            out.append({
                 "qid": q.qid,
                 "query": q.query,
                 "vid": q.vid,
-                "pred_relevant_windows": windows.tolist() if len(windows) else [],
-                "pred_saliency_scores": np.round(np.nan_to_num(p.saliency), 6).tolist(),
-            }
-        )
-    return rows
+                "pred_relevant_windows": np.column_stack([windows[i, :k], scores[i, :k]]).tolist(),
+                "pred_saliency_scores": sal[i, : int(self.n_frames[i])].tolist(),
+            })
+        return out
+
+
+def predict(prep: Prepared, cfg: Any) -> Predictions:
+    """Windows (seconds, best first, at most `max_windows`) and saliency for every query."""
+    recipe = RECIPES.get(cfg.recipe)()
+    # a sweep varies the MPG far more often than the pairing: curves are made once per key
+    curves = prep.memo(("curves", recipe.curve_key(cfg)), lambda: recipe.curves(prep, cfg))
+    spans = moment_proposals(curves.batch, recipe.mpg_params(cfg))
+    owner = curves.owner[spans.curve]
+    ends = spans.last if recipe.nms_closed_index else spans.last + 1
+    idx, valid = batched_nms(owner, spans.first, ends, spans.score, len(prep.queries), cfg.tau, cfg.max_windows)
+    safe = np.where(valid, idx, 0)
+    first = spans.first[safe].astype(np.float64)
+    last = spans.last[safe].astype(np.float64)
+    windows = np.stack([first * CLIP_SECONDS, (last + 1.0) * CLIP_SECONDS], axis=-1)
+    durations = np.array([q.duration for q in prep.queries], dtype=np.float64)
+    windows = np.clip(windows, 0.0, durations[:, None, None])
+    scores = np.where(valid, spans.score[safe], 0.0)
+    windows = np.where(valid[..., None], windows, 0.0)
+    return Predictions(windows, scores, valid, curves.saliency, prep.n_frames)

@@ -9,8 +9,8 @@ stage, the backend and how many items are missing, before anything is computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -178,6 +178,14 @@ class Prepared:
     fingerprint: str
     spec: SourceSpec
     synthetic: bool = False
+    _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def memo(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """`make()` once per key for these inputs: what many trials share (score curves of
+        one pairing and normalisation, the ground truth's arrays, a query subset)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     @property
     def t_max(self) -> int:
@@ -188,6 +196,9 @@ class Prepared:
 
     def head(self, n: int) -> Prepared:
         """The first `n` queries: what a pruned sweep trial scores before the rest."""
+        return self.memo(("head", n), lambda: self._head(n))
+
+    def _head(self, n: int) -> Prepared:
         return Prepared(
             self.dataset, self.queries[:n], self.n_frames[:n],
             {k: v[:n] for k, v in self.sims.items()},

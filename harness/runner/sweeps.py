@@ -223,6 +223,8 @@ class SweepWorker:
         self.retry = studies.retry_callback()
         self.delay = float(os.environ.get(TRIAL_DELAY_ENV, "0") or 0)
         self.subs = parse_substitutions(settings.substitutions)
+        # highlight metrics cost a third of a trial: computed only when an objective is one
+        self.highlights = any(m.startswith("HL-") for m, _ in self.spec.objectives)
 
     def next_trial(self) -> optuna.Trial | None:
         """A new (or retried) trial of this process, or None once the budget is taken."""
@@ -265,7 +267,7 @@ class SweepWorker:
                 metric = self.spec.objectives[0][0]
                 for step, frac in enumerate(PRUNE_FRACTIONS):
                     n = max(1, int(len(prep.queries) * frac))
-                    value = brief(trial(prep.head(n), cfg))[metric]
+                    value = brief(trial(prep.head(n), cfg, highlights=self.highlights))[metric]
                     t.report(value, step)
                     self.tracker.log_metrics(run_id, {f"partial/{metric_key(metric)}": value}, step)
                     if t.should_prune():
@@ -273,7 +275,7 @@ class SweepWorker:
                         self.tracker.finish(run_id)
                         self.study.tell(t, state=TrialState.PRUNED)
                         return
-            metrics = trial(prep, cfg)
+            metrics = trial(prep, cfg, highlights=self.highlights)
             flat = brief(metrics)
             t.set_user_attr("metrics", flat)
             self.tracker.log_metrics(run_id, flatten_metrics(metrics))

@@ -217,7 +217,10 @@ class RowWorker:
                 raise RuntimeError(f"injected failure ({FAIL_ROWS_ENV})")
             pool = self.pools(cfg.dataset)
             prep = pool.get(cfg)
-            res = trial(prep, cfg, return_predictions=True)
+            res = trial(prep, cfg, return_predictions=self.settings.artifacts,
+                        highlights=any(k.startswith("HL-") for k in self.spec.columns.values()))
+            if not self.settings.artifacts:
+                res = {"metrics": res}
             metrics = brief(res["metrics"])
             if self.spec.kind == "efficiency":
                 eff = efficiency_summary(pool.cache, prep.spec, len(prep.queries))

@@ -26,8 +26,9 @@ from harness.core.provenance import git_commit, package_versions
 from harness.core.query import Dataset
 from harness.core.results import Missing, MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
-from harness.eval.protocols import evaluate
-from harness.method.recipes import predict, prediction_rows
+from harness.eval.protocols import protocol_of
+from harness.eval.windows import Windows
+from harness.method.recipes import Predictions, predict
 from harness.method.scoring import Pair, resolve_pairing
 from harness.method.sources import Prepared, SourceSpec, prepare
 from harness.method.substitutions import Substitution, label, substitute_pairs
@@ -109,15 +110,28 @@ def get_or_substitute(pool: InputPool, cfg: ExperimentConfig,
 
 
 def predictions(prep: Prepared, cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    return prediction_rows(prep, predict(prep, cfg))
+    """The official prediction rows (what a file holds)."""
+    return predict(prep, cfg).rows(prep.queries)
 
 
-def trial(prep: Prepared, cfg: ExperimentConfig, return_predictions: bool = False) -> dict[str, Any]:
-    """Metrics of one config on already-prepared inputs: no file reads, no embedding."""
-    rows = predictions(prep, cfg)
-    metrics = evaluate(cfg.dataset, list(prep.queries), rows)
+def score(prep: Prepared, cfg: ExperimentConfig, preds: Predictions, highlights: bool = True) -> dict[str, Any]:
+    """Evaluate predicted arrays as their file would be evaluated (same rounding), with the
+    ground truth's arrays built once per prepared split."""
+    protocol = protocol_of(cfg.dataset)
+    gt = prep.memo(("ground truth", protocol.name), lambda: protocol.ground_truth(prep.queries))
+    windows, scores, saliency = preds.as_written()
+    return protocol.score(gt, Windows(windows, preds.valid, scores), saliency, preds.n_frames, highlights)
+
+
+def trial(prep: Prepared, cfg: ExperimentConfig, return_predictions: bool = False,
+          highlights: bool = True) -> dict[str, Any]:
+    """Metrics of one config on already-prepared inputs: no file reads, no embedding, no
+    JSON (rows are built only with `return_predictions`). `highlights=False` skips the
+    highlight metrics (a sweep or table that does not report them)."""
+    preds = predict(prep, cfg)
+    metrics = score(prep, cfg, preds, highlights)
     if return_predictions:
-        return {"metrics": metrics, "predictions": rows}
+        return {"metrics": metrics, "predictions": preds.rows(prep.queries)}
     return metrics
 
 
@@ -147,8 +161,9 @@ def run_config(
     prep, cfg = get_or_substitute(pool, cfg, substitutions)
     t_read = time.perf_counter() - t0
     no_gt = ground_truth_gap(pool.dataset(cfg.dataset, cfg.limit))
-    rows = predictions(prep, cfg)
-    metrics = None if no_gt else evaluate(cfg.dataset, list(prep.queries), rows)
+    preds = predict(prep, cfg)
+    rows = preds.rows(prep.queries)
+    metrics = None if no_gt else score(prep, cfg, preds)
     t_total = time.perf_counter() - t0
     out = Path(out_dir) if out_dir else Path("runs") / f"{cfg.name}-{cfg.hash()}"
     info = {
