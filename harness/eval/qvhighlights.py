@@ -151,22 +151,47 @@ def pack_windows(w: Windows) -> tuple[Windows, np.ndarray]:
 def ap_from_iou(ranked_valid: np.ndarray, iou: np.ndarray, gt_valid: np.ndarray,
                 thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
     """(Q, T) per-query AP from the IoUs of score-ranked predictions with packed GT windows."""
+    if gt_valid.shape[1] == 1 and gt_valid.all():
+        # one GT window: the AP is the precision where it is first found, 1 / (rank + 1),
+        # exactly what the interpolation below computes for this case, at a fraction of it
+        hit = (ranked_valid[:, :, None] & (iou >= np.asarray(thresholds)[None, None, :]))
+        found = hit.any(axis=1)
+        rank = np.argmax(hit, axis=1)
+        return np.where(found, 1.0 / (rank + 1.0), 0.0)
     iou = np.where(ranked_valid[:, :, None] & gt_valid[:, None, :], iou, -1.0)
     n_gt = gt_valid.sum(axis=1)
     tp = greedy_true_positives(iou, np.asarray(thresholds, dtype=float), n_gt)
     return interpolated_ap(tp, ranked_valid, n_gt.astype(float))
 
 
-def split_metrics(pred: Windows, iou: np.ndarray, gt: Windows) -> dict[str, Any]:
-    """`mr_metrics` of one length split from `iou` (Q, P, G): the predictions in file order
-    against the split's packed GT windows, computed once for all splits."""
+def per_query_mr(pred: Windows, iou: np.ndarray, gt: Windows) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, T) AP per query and threshold, and (Q,) the first window's IoU (R1)."""
     order = np.lexsort((-pred.score, ~pred.valid), axis=-1)
-    ranked_valid = np.take_along_axis(pred.valid, order, axis=1)
-    ap = ap_from_iou(ranked_valid, np.take_along_axis(iou, order[..., None], axis=1), gt.valid)
+    if (order == np.arange(order.shape[1])).all():  # already by score (a trial's own arrays)
+        ranked_valid, ranked_iou = pred.valid, iou
+    else:
+        ranked_valid = np.take_along_axis(pred.valid, order, axis=1)
+        ranked_iou = np.take_along_axis(iou, order[..., None], axis=1)
+    ap = ap_from_iou(ranked_valid, ranked_iou, gt.valid)
     first = np.where(gt.valid, iou[:, 0, :], -np.inf)
     chosen = np.take_along_axis(gt.se, np.argmax(first, axis=1)[:, None, None], axis=1)[:, 0]
     top1 = np.where(pred.valid[:, 0], paired_iou(pred.se[:, 0], chosen), 0.0)
-    return _mr_summary(ap, pred.valid.any(axis=1), top1)
+    return ap, top1
+
+
+def grouped_mr(pred: Windows, gt: Windows) -> tuple[np.ndarray, np.ndarray]:
+    """`per_query_mr` against packed GT, queries grouped by their number of GT windows so
+    that each group pads to its own count (most QVHighlights queries have one window, a few
+    up to 25)."""
+    n_gt = gt.valid.sum(axis=1)
+    ap = np.zeros((n_gt.size, len(IOU_THRESHOLDS)))
+    top1 = np.zeros(n_gt.size)
+    for lo, hi in ((-1, 1), (1, 4), (4, max(int(n_gt.max(initial=0)), 4))):
+        rows = np.flatnonzero((n_gt > lo) & (n_gt <= hi))
+        if rows.size:
+            p, g = pred[rows], gt[rows, :hi]
+            ap[rows], top1[rows] = per_query_mr(p, cross_iou(p.se, g.se), g)
+    return ap, top1
 
 
 def _mr_summary(ap: np.ndarray, has_pred: np.ndarray, top1: np.ndarray) -> dict[str, Any]:
@@ -181,7 +206,8 @@ def mr_metrics(pred: Windows, gt: Windows) -> dict[str, Any]:
     the first-window IoUs (key `iou`, an array) for the extra brief metrics."""
     pred = pred[:, :MAX_PRED_WINDOWS]
     gt, _ = pack_windows(gt)
-    return split_metrics(pred, cross_iou(pred.se, gt.se), gt)
+    ap, top1 = grouped_mr(pred, gt)
+    return _mr_summary(ap, pred.valid.any(axis=1), top1)
 
 
 def length_split(gt: Windows, lo: float, hi: float) -> tuple[np.ndarray, Windows]:
@@ -306,8 +332,7 @@ class QVHGroundTruth:
 
     queries: tuple[Query, ...]
     windows: Windows
-    # length range -> (queries kept, their packed GT windows, the full GT columns they are)
-    splits: dict[str, tuple[np.ndarray, Windows, np.ndarray]]
+    splits: dict[str, tuple[np.ndarray, Windows]]  # length range -> (queries kept, their packed GT)
     labels: np.ndarray | None  # (Q, L, 3) saliency on the official grid; None: no saliency
     n_clips: np.ndarray | None
 
@@ -326,7 +351,7 @@ def qvh_ground_truth(gt: Sequence[Query]) -> QVHGroundTruth:
     splits = {}
     for name, (lo, hi) in LENGTH_RANGES.items():
         keep, sub = length_split(windows, lo, hi)
-        splits[name] = (keep, *pack_windows(sub))
+        splits[name] = (keep, pack_windows(sub)[0])
     labels, n_clips = saliency_labels(gt) if all(q.saliency is not None for q in gt) else (None, None)
     return QVHGroundTruth(tuple(gt), windows, splits, labels, n_clips)
 
@@ -338,13 +363,19 @@ def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | 
     metrics only when `highlights` (a sweep that does not need them skips their cost)."""
     pred = pred[:, :MAX_PRED_WINDOWS]
     result: dict[str, Any] = {}
-    cross = cross_iou(pred.se, g.windows.se)  # once; each length split takes its columns
-    full = split_metrics(pred, cross, g.windows)
-    iou = full.pop("iou")
-    result["full"] = full
-    for name, (keep, sub_gt, cols) in g.splits.items():
-        sub = np.take_along_axis(cross[keep], cols[:, None, :], axis=2)
-        split = split_metrics(pred[keep], sub, sub_gt)
+    ap, iou = grouped_mr(pred, g.windows)
+    has_pred = pred.valid.any(axis=1)
+    full = result["full"] = _mr_summary(ap, has_pred, iou)
+    full.pop("iou")
+    n_gt = g.windows.valid.sum(axis=1)
+    for name, (keep, sub_gt) in g.splits.items():
+        # a query whose GT windows all fall in this split scores as in `full`: reuse its row
+        whole = sub_gt.valid.sum(axis=1) == n_gt[keep]
+        split_ap, split_iou = ap[keep], iou[keep]
+        part = ~whole
+        if part.any():
+            split_ap[part], split_iou[part] = grouped_mr(pred[np.flatnonzero(keep)[part]], sub_gt[part])
+        split = _mr_summary(split_ap, has_pred[keep], split_iou)
         split.pop("iou")
         result[name] = split
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import re
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +72,28 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / safe).as_uri()
 
 
-class Tracker:
-    """One MLflow experiment (a table or a sweep) and its parent/child runs."""
+@dataclass
+class _Pending:
+    """What a child run will log in one batch when it is finished (and, for a deferred run,
+    what it is created with)."""
 
-    def __init__(self, experiment: str, uri: str | None = None) -> None:
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ms, step
+    tags: dict[str, str] = field(default_factory=dict)
+    create: tuple[str, dict[str, str]] | None = None  # (run name, tags) of a deferred run
+
+
+class Tracker:
+    """One MLflow experiment (a table or a sweep) and its parent/child runs.
+
+    A child run costs one synchronous call (`create_run`, with its tags); its params,
+    metrics and tags are buffered and sent in one `log_batch` when it is finished, followed
+    by `set_terminated`. With `background=True` those two calls run on a writer thread, off
+    the trial's path: `drain()` waits for them (a worker drains before it exits). MLflow's
+    SQLite store takes 10-30 ms a call, which would otherwise be most of a sweep trial.
+    """
+
+    def __init__(self, experiment: str, uri: str | None = None, background: bool = False) -> None:
         os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow, 2 s)
 
@@ -91,6 +113,13 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
         self.experiment = experiment
+        self._pending: dict[str, _Pending] = {}
+        self._studies: dict[str, str] = {}  # parent run id -> its study tag
+        self._queue: queue.Queue[Any] | None = None
+        self._errors: list[BaseException] = []
+        if background:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._write, daemon=True, name="mlflow-writer").start()
 
     # -- runs ---------------------------------------------------------------------------------
     def find_parent(self, study: str) -> str | None:
@@ -120,37 +149,79 @@ class Tracker:
         kind: str,
         params: Mapping[str, str],
         tags: Mapping[str, str],
+        defer: bool = False,
     ) -> str:
-        study = self.client.get_run(parent_id).data.tags.get(STUDY_TAG, "")
-        run = self.client.create_run(
-            self.experiment_id, run_name=name,
-            tags={**tags, "mlflow.parentRunId": parent_id, STUDY_TAG: study, KIND_TAG: kind},
-        )
-        run_id = run.info.run_id
-        self.log_params(run_id, params)
+        """A nested run; `params` are sent with its other data at `finish`.
+
+        The run exists (RUNNING) from now on, and the id returned is MLflow's; with `defer`
+        it is created only at `finish` (on the writer thread in background mode) and the id
+        returned is a local handle: a sweep trial then spends no MLflow call at all, and a
+        trial whose worker dies leaves no run behind."""
+        if parent_id not in self._studies:
+            self._studies[parent_id] = self.client.get_run(parent_id).data.tags.get(STUDY_TAG, "")
+        all_tags = {**{k: str(v)[:5000] for k, v in tags.items()}, "mlflow.parentRunId": parent_id,
+                    STUDY_TAG: self._studies[parent_id], KIND_TAG: kind}
+        pending = _Pending(params={k: str(v)[:6000] for k, v in params.items()})
+        if defer:
+            run_id = f"deferred:{uuid.uuid4().hex}"
+            pending.create = (name, all_tags)
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+        self._pending[run_id] = pending
         return run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param  # lazy: heavy optional (mlflow)
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        self._buffer(run_id).params.update({k: str(v)[:6000] for k, v in params.items()})
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric  # lazy: heavy optional (mlflow)
-
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i : i + 500])
+        self._buffer(run_id).metrics.extend((k, float(v), now, step) for k, v in metrics.items())
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag  # lazy: heavy optional (mlflow)
+        self._buffer(run_id).tags.update({k: str(v)[:5000] for k, v in tags.items()})
 
-        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
-        if items:
-            self.client.log_batch(run_id, tags=items)
+    def _buffer(self, run_id: str) -> _Pending:
+        return self._pending.setdefault(run_id, _Pending())
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """Send what the run buffered (one batch) and end it with `status`."""
+        pending = self._pending.pop(run_id, _Pending())
+        if self._queue is None:
+            self._send(run_id, pending, status)
+        else:
+            self._queue.put((run_id, pending, status))
+
+    def _send(self, run_id: str, pending: _Pending, status: str) -> None:
+        from mlflow.entities import Metric, Param, RunTag  # lazy: heavy optional (mlflow)
+
+        if pending.create is not None:
+            name, tags = pending.create
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        params = [Param(k, v) for k, v in pending.params.items()]
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in pending.metrics]
+        tags = [RunTag(k, v) for k, v in pending.tags.items()]
+        while params or metrics or tags:  # MLflow's limits per batch: 100 params, 100 tags
+            self.client.log_batch(run_id, params=params[:100], metrics=metrics[:900], tags=tags[:100])
+            params, metrics, tags = params[100:], metrics[900:], tags[100:]
+        self.client.set_terminated(run_id, status)
+
+    def _write(self) -> None:
+        assert self._queue is not None
+        while True:
+            run_id, pending, status = self._queue.get()
+            try:
+                self._send(run_id, pending, status)
+            except BaseException as e:  # reported by drain(), in the worker's thread
+                self._errors.append(e)
+            finally:
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until every finished run has been written (background mode)."""
+        if self._queue is not None:
+            self._queue.join()
+        if self._errors:
+            raise self._errors[0]
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -161,9 +232,6 @@ class Tracker:
 
     def log_file(self, run_id: str, local: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local), folder)
-
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status)
 
     def children(self, parent_id: str) -> list[Any]:
         return self.client.search_runs(

@@ -196,8 +196,8 @@ def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=int(spec.pruner.get("n_startup_trials", 5)))
 
 
-def _tracker(spec: SweepSpec, settings: Settings) -> Tracker:
-    return Tracker(f"sweep-{spec.name}", settings.tracking_uri)
+def _tracker(spec: SweepSpec, settings: Settings, background: bool = False) -> Tracker:
+    return Tracker(f"sweep-{spec.name}", settings.tracking_uri, background)
 
 
 def _finished(study: optuna.Study) -> int:
@@ -218,7 +218,7 @@ class SweepWorker:
         self.study = optuna.load_study(study_name=self.name, storage=studies.open_storage(self.url),
                                        sampler=_sampler(self.spec, worker), pruner=_pruner(self.spec))
         self.parent_id = parent_id
-        self.tracker = _tracker(self.spec, settings)
+        self.tracker = _tracker(self.spec, settings, background=True)
         self.n_trials = n_trials
         self.retry = studies.retry_callback()
         self.delay = float(os.environ.get(TRIAL_DELAY_ENV, "0") or 0)
@@ -229,12 +229,13 @@ class SweepWorker:
     def next_trial(self) -> optuna.Trial | None:
         """A new (or retried) trial of this process, or None once the budget is taken."""
         with studies.study_lock(self.url, self.name):
-            studies.reap_dead_trials(self.study, self.retry)
-            states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-            if studies.count(self.study, *states) >= self.n_trials:
+            trials = self.study.get_trials(deepcopy=False)  # one read serves every count below
+            if studies.reap_dead_trials(self.study, self.retry, trials):
+                trials = self.study.get_trials(deepcopy=False)
+            used = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+            if used >= self.n_trials:
                 return None
-            errors = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                      if "error" in t.user_attrs]
+            errors = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
             if len(errors) >= max(3, self.n_trials):
                 raise SweepStopped(f"sweep {self.spec.name}: {len(errors)} trials failed, the last "
                                    f"with: {errors[-1].user_attrs['error']}")
@@ -243,9 +244,12 @@ class SweepWorker:
             return t
 
     def run(self) -> None:
-        while (t := self.next_trial()) is not None:
-            with studies.heartbeat(t):
-                self.run_one(t)
+        try:
+            while (t := self.next_trial()) is not None:
+                with studies.heartbeat(t):
+                    self.run_one(t)
+        finally:
+            self.tracker.drain()
 
     def run_one(self, t: optuna.Trial) -> None:
         run_id = None
@@ -253,14 +257,15 @@ class SweepWorker:
             params = suggest(t, self.spec.space)
             cfg = self.base.replace(**params, name=f"{self.spec.name}/trial{t.number}")
             prep, cfg = get_or_substitute(self.pool, cfg, self.subs)
+            # the MLflow run is written when the trial ends, off the trial's path: a trial
+            # and its run share the tags `granalign.study` and `trial` (and the config hash)
             run_id = self.tracker.child(
                 self.parent_id, f"trial {t.number}", "trial", cfg.flat_params(),
                 provenance_tags(cfg.hash(), prep.fingerprint, cfg.dataset,
                                 {"sweep": self.spec.name, "trial": t.number, "seed": cfg.seed,
                                  **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}}),
+                defer=True,
             )
-            t.set_user_attr("mlflow_run_id", run_id)
-            t.set_user_attr("config_hash", cfg.hash())
             if self.delay:
                 time.sleep(self.delay)
             if len(self.spec.objectives) == 1 and self.spec.pruner:
@@ -277,7 +282,6 @@ class SweepWorker:
                         return
             metrics = trial(prep, cfg, highlights=self.highlights)
             flat = brief(metrics)
-            t.set_user_attr("metrics", flat)
             self.tracker.log_metrics(run_id, flatten_metrics(metrics))
             self.tracker.set_tags(run_id, {"status": "ok"})
             self.tracker.finish(run_id)

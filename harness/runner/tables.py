@@ -131,8 +131,8 @@ def _unavailable(err: Exception, dataset: str) -> Missing | None:
     return None
 
 
-def _tracker(spec: TableSpec, settings: Settings) -> Tracker:
-    return Tracker(f"table-{spec.id}", settings.tracking_uri)
+def _tracker(spec: TableSpec, settings: Settings, background: bool = False) -> Tracker:
+    return Tracker(f"table-{spec.id}", settings.tracking_uri, background)
 
 
 def _complete_rows(study: optuna.Study, configs: Mapping[str, ExperimentConfig]) -> dict[str, Any]:
@@ -162,7 +162,7 @@ class RowWorker:
         self.study_name = study_name
         self.parent_id = parent_id
         self.table_run = table_run
-        self.tracker = _tracker(self.spec, settings)
+        self.tracker = _tracker(self.spec, settings, background=True)
         self.failing = set(filter(None, os.environ.get(FAIL_ROWS_ENV, "").split(",")))
 
     def _due(self, row: str, trials: list[Any]) -> bool:
@@ -202,11 +202,14 @@ class RowWorker:
 
     def run(self) -> int:
         done = 0
-        while (claimed := self.claim()) is not None:
-            t, row = claimed
-            with studies.heartbeat(t):
-                self.run_one(t, row)
-            done += 1
+        try:
+            while (claimed := self.claim()) is not None:
+                t, row = claimed
+                with studies.heartbeat(t):
+                    self.run_one(t, row)
+                done += 1
+        finally:
+            self.tracker.drain()
         return done
 
     def run_one(self, t: optuna.Trial, row: str) -> None:
