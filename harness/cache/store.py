@@ -20,11 +20,13 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
 from harness.core.registry import Registry
 from harness.core.stages import CACHE_STAGES, STAGES, stage_order
@@ -56,13 +58,19 @@ class Producer:
         d["params"] = dict(self.params)
         return d
 
+    @cached_property
+    def spec_json(self) -> str:
+        """The canonical JSON of the producer, made once (keys are computed per item)."""
+        return canonical_json(self.as_dict())
+
     @property
     def digest(self) -> str:
-        return sha256_hex(canonical_json(self.as_dict()))
+        return sha256_hex(self.spec_json)
 
     def key(self, item: Mapping[str, Any]) -> str:
-        """The entry key: sha256 of the canonical JSON of producer and input."""
-        return sha256_hex(canonical_json({"producer": self.as_dict(), "input": dict(item)}))
+        """The entry key: sha256 of the canonical JSON of producer and input, i.e. of
+        `{"input": ..., "producer": ...}` with sorted keys, assembled from the cached parts."""
+        return sha256_hex('{"input":' + canonical_json(dict(item)) + ',"producer":' + self.spec_json + "}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,10 @@ CREATE TABLE IF NOT EXISTS embeddings (
   model TEXT NOT NULL,
   rows INTEGER NOT NULL,
   dim INTEGER NOT NULL,
-  created REAL NOT NULL
+  created REAL NOT NULL,
+  digest TEXT NOT NULL DEFAULT '',
+  size INTEGER NOT NULL DEFAULT -1,
+  mtime_ns INTEGER NOT NULL DEFAULT -1
 );
 CREATE INDEX IF NOT EXISTS embeddings_model ON embeddings(model);
 CREATE TABLE IF NOT EXISTS timings (
@@ -120,8 +131,26 @@ SYNTHETIC_CACHES: Registry[Any] = Registry(
     "synthetic cache", doc="own caches of synthetic datasets, filled on first use")
 
 
+_EMBEDDING_COLUMNS = {"digest": "TEXT NOT NULL DEFAULT ''", "size": "INTEGER NOT NULL DEFAULT -1",
+                      "mtime_ns": "INTEGER NOT NULL DEFAULT -1"}
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+class CacheCorrupt(HarnessError):
+    """A cached file whose bytes are not the ones recorded; the message names the file."""
+
+
+FAULT_ENV = "GRANALIGN_TEST_FAULT"  # test hook: the name of a point where the process raises
+
+
+def _fault_point(name: str) -> None:
+    """Raise here when the tests ask for it (`GRANALIGN_TEST_FAULT=<name>`): a crash at an
+    exact point, e.g. between an embedding's file and its row."""
+    if os.environ.get(FAULT_ENV) == name:
+        raise RuntimeError(f"injected fault at {name} ({FAULT_ENV})")
 
 
 class Cache:
@@ -150,6 +179,10 @@ class Cache:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         con.execute(statement)
+                have = {row[1] for row in con.execute("PRAGMA table_info(embeddings)")}
+                for column, decl in _EMBEDDING_COLUMNS.items():  # caches written before these
+                    if column not in have:
+                        con.execute(f"ALTER TABLE embeddings ADD COLUMN {column} {decl}")
 
     # -- connection ---------------------------------------------------------------------
     @property
@@ -297,6 +330,9 @@ class Cache:
         return self.emb_dir / key[:2] / f"{key}.npy"
 
     def put_embeddings(self, model: str, texts: Sequence[str], matrix: np.ndarray) -> str:
+        """Store one matrix: the `.npy` first (atomically), then its row with the sha256 of
+        its bytes and the file's size and mtime. A matrix counts as cached only once its
+        row exists, so a crash between the two leaves a file that is simply written again."""
         if self.readonly:
             raise PermissionError(f"cache {self.root} is open read-only")
         matrix = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -305,25 +341,84 @@ class Cache:
         key = self.embedding_key(model, texts)
         buf = io.BytesIO()
         np.save(buf, matrix, allow_pickle=False)
-        atomic_write_bytes(self._emb_path(key), buf.getvalue())
+        data = buf.getvalue()
+        path = self._emb_path(key)
+        atomic_write_bytes(path, data)
+        _fault_point("put_embeddings:between-file-and-row")
+        st = path.stat()
         with self._tx() as con:
             con.execute(
-                "INSERT OR REPLACE INTO embeddings VALUES (?,?,?,?,?)",
-                (key, model, matrix.shape[0], matrix.shape[1], time.time()),
+                "INSERT OR REPLACE INTO embeddings(key, model, rows, dim, created, digest, size, mtime_ns) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (key, model, matrix.shape[0], matrix.shape[1], time.time(), sha256_hex(data), st.st_size,
+                 st.st_mtime_ns),
             )
         return key
 
     def get_embeddings(self, model: str, texts: Sequence[str]) -> np.ndarray | None:
-        key = self.embedding_key(model, texts)
+        return self.get_embeddings_many(model, [texts])[0]
+
+    def get_embeddings_many(self, model: str, lists: Sequence[Sequence[str]]) -> list[np.ndarray | None]:
+        """The matrices of many text lists (None where not cached), read without `np.load`:
+        the row gives the shape, so the data is the file's last rows*dim*4 bytes. A file
+        whose size or mtime differs from its row is hashed; if its bytes are not the ones
+        written, the cache is corrupt and the error names the file. An empty list gives a
+        (0, dim) matrix."""
+        keys = [self.embedding_key(model, t) for t in lists]
+        known: dict[str, tuple[int, int, str, int, int]] = {}
+        for chunk in _chunks(list(dict.fromkeys(k for k, t in zip(keys, lists, strict=True) if t)), 500):
+            marks = ",".join("?" * len(chunk))
+            for key, rows, dim, digest, size, mtime_ns in self._con.execute(
+                f"SELECT key, rows, dim, digest, size, mtime_ns FROM embeddings WHERE key IN ({marks})", chunk
+            ):
+                known[key] = (rows, dim, digest, size, mtime_ns)
+        dim = next((v[1] for v in known.values()), 0)
+        out: list[np.ndarray | None] = []
+        read: dict[str, np.ndarray] = {}
+        for key, texts in zip(keys, lists, strict=True):
+            if not texts:
+                out.append(np.zeros((0, dim), dtype=np.float32))
+            elif key in read:
+                out.append(read[key])
+            elif key not in known:
+                out.append(None)
+            else:
+                read[key] = self._read_matrix(key, *known[key])
+                out.append(read[key])
+        return out
+
+    def _read_matrix(self, key: str, rows: int, dim: int, digest: str, size: int, mtime_ns: int) -> np.ndarray:
         path = self._emb_path(key)
-        if not path.exists():
-            return None
-        matrix = np.load(path, allow_pickle=False)
-        self._remember(key, key)
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            raise CacheCorrupt(f"{path}: embedding matrix missing (its row says {rows}x{dim}); "
+                               "run granalign cache embed to write it again") from None
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            actual = sha256_hex(data)
+            if digest and actual != digest:
+                raise CacheCorrupt(
+                    f"{path}: embedding matrix changed since it was written (sha256 {actual[:12]}, "
+                    f"expected {digest[:12]}); delete it and run granalign cache embed")
+            if not digest:  # a row from before digests were recorded: record them now
+                digest = actual
+                if not self.readonly:
+                    with self._tx() as con:
+                        con.execute("UPDATE embeddings SET digest=?, size=?, mtime_ns=? WHERE key=?",
+                                    (digest, st.st_size, st.st_mtime_ns, key))
+        n = rows * dim * 4
+        if len(data) < n:
+            raise CacheCorrupt(f"{path}: {len(data)} bytes, expected a {rows}x{dim} float32 matrix")
+        matrix = np.frombuffer(data, dtype="<f4", offset=len(data) - n).reshape(rows, dim)
+        self._remember(key, digest)
         return matrix
 
     def has_embeddings(self, model: str, texts: Sequence[str]) -> bool:
-        return self._emb_path(self.embedding_key(model, texts)).exists()
+        """Cached means: the row exists (a file without its row is an interrupted write)."""
+        key = self.embedding_key(model, texts)
+        return self._con.execute("SELECT 1 FROM embeddings WHERE key=?", (key,)).fetchone() is not None
 
     # -- efficiency records (Table 4) -------------------------------------------------------
     def record_timing(

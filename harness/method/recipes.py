@@ -8,7 +8,7 @@ decorator; configs select it by name (`recipe: vtg-gpt`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -130,6 +130,15 @@ class VTGGPT(Recipe):
 
 
 @dataclass(frozen=True)
+class QueryPrediction:
+    """One query's windows (k, 2) seconds best first, their scores (k,), its saliency (n_frames,)."""
+
+    windows: np.ndarray
+    scores: np.ndarray
+    saliency: np.ndarray
+
+
+@dataclass(frozen=True)
 class Predictions:
     """Every query's windows (best first, at most `max_windows`) and saliency, as arrays.
 
@@ -144,6 +153,16 @@ class Predictions:
     valid: np.ndarray
     saliency: np.ndarray
     n_frames: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.valid.shape[0])
+
+    def __iter__(self) -> Iterator[QueryPrediction]:
+        return (self.query(i) for i in range(len(self)))
+
+    def query(self, i: int) -> QueryPrediction:
+        k = int(self.valid[i].sum())
+        return QueryPrediction(self.windows[i, :k], self.scores[i, :k], self.saliency[i, : int(self.n_frames[i])])
 
     def as_written(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Windows, scores and saliency as a prediction file holds them (rounded to 4 and 6
@@ -176,12 +195,12 @@ def predict(prep: Prepared, cfg: Any) -> Predictions:
     owner = curves.owner[spans.curve]
     ends = spans.last if recipe.nms_closed_index else spans.last + 1
     idx, valid = batched_nms(owner, spans.first, ends, spans.score, len(prep.queries), cfg.tau, cfg.max_windows)
-    safe = np.where(valid, idx, 0)
-    first = spans.first[safe].astype(np.float64)
-    last = spans.last[safe].astype(np.float64)
+    safe = np.where(valid, idx, len(spans))  # padding reads the sentinel appended below
+    first = np.append(spans.first, 0)[safe].astype(np.float64)
+    last = np.append(spans.last, 0)[safe].astype(np.float64)
     windows = np.stack([first * CLIP_SECONDS, (last + 1.0) * CLIP_SECONDS], axis=-1)
     durations = np.array([q.duration for q in prep.queries], dtype=np.float64)
     windows = np.clip(windows, 0.0, durations[:, None, None])
-    scores = np.where(valid, spans.score[safe], 0.0)
+    scores = np.where(valid, np.append(spans.score, 0.0)[safe], 0.0)
     windows = np.where(valid[..., None], windows, 0.0)
     return Predictions(windows, scores, valid, curves.saliency, prep.n_frames)

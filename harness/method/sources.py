@@ -267,30 +267,28 @@ def prepare(
         entry = entries[f"q:{producer.digest}"][i] if producer is not None else None
         return kind.texts(queries[i], entry)
 
-    emb_missing = 0
-    emb_total = 0
+    # every text list is named first, then all matrices are read in one batch
+    wanted: list[list[str]] = []
 
-    def embed(texts: list[str]) -> np.ndarray | None:
-        nonlocal emb_missing, emb_total
-        emb_total += 1
-        if not texts:
-            return np.zeros((0, 1), dtype=np.float32)
-        m = cache.get_embeddings(spec.embedder_model, texts)
-        if m is None:
-            emb_missing += 1
-        return m
+    def slot(texts: list[str]) -> int:
+        wanted.append(texts)
+        return len(wanted) - 1
 
-    q_emb: dict[str, list[np.ndarray | None]] = {
-        x: [embed(query_texts(x, i)) for i in range(len(queries))] for x in qkinds
-    }
+    q_slots = {x: [slot(query_texts(x, i)) for i in range(len(queries))] for x in qkinds}
     ca_rows = entries.get("c:Ca")
     cq_rows = entries.get("c:Cq")
-    ca_emb: dict[str, np.ndarray | None] = {}
+    ca_slots: dict[str, int] = {}
     if ca_rows is not None:
         for q, e in zip(queries, ca_rows, strict=True):
-            if q.vid not in ca_emb and e is not None:
-                ca_emb[q.vid] = embed(list(e.value))
-    cq_emb = [embed(list(e.value["captions"])) if e is not None else None for e in cq_rows] if cq_rows else []
+            if q.vid not in ca_slots and e is not None:
+                ca_slots[q.vid] = slot(list(e.value))
+    cq_slots = [slot(list(e.value["captions"])) if e is not None else -1 for e in cq_rows] if cq_rows else []
+    matrices = cache.get_embeddings_many(spec.embedder_model, wanted)
+    emb_total = len(wanted)
+    emb_missing = sum(1 for texts, m in zip(wanted, matrices, strict=True) if texts and m is None)
+    q_emb = {x: [matrices[k] for k in ks] for x, ks in q_slots.items()}
+    ca_emb = {vid: matrices[k] for vid, k in ca_slots.items()}
+    cq_emb = [matrices[k] if k >= 0 else None for k in cq_slots]
     if emb_missing:
         raise MissingInputs(
             [Missing.stage("embeddings", spec.embedder_model, emb_missing, emb_total, "text lists",
