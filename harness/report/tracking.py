@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import queue
 import re
@@ -93,7 +94,8 @@ class Tracker:
     SQLite store takes 10-30 ms a call, which would otherwise be most of a sweep trial.
     """
 
-    def __init__(self, experiment: str, uri: str | None = None, background: bool = False) -> None:
+    def __init__(self, experiment: str, uri: str | None = None, background: bool = False,
+                 sink: Any = None) -> None:
         os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow, 2 s)
 
@@ -117,7 +119,8 @@ class Tracker:
         self._studies: dict[str, str] = {}  # parent run id -> its study tag
         self._queue: queue.Queue[Any] | None = None
         self._errors: list[BaseException] = []
-        if background:
+        self._sink = sink  # a RunWriter's queue: finished runs are written by its process
+        if background and sink is None:
             self._queue = queue.Queue()
             threading.Thread(target=self._write, daemon=True, name="mlflow-writer").start()
 
@@ -180,30 +183,33 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._buffer(run_id).tags.update({k: str(v)[:5000] for k, v in tags.items()})
 
+    def finish_pending(self, run_id: str) -> None:
+        """Send what a run buffered without ending it (a parent run, open for its children)."""
+        from mlflow.entities import Param, RunTag  # lazy: heavy optional (mlflow)
+
+        pending = self._pending.pop(run_id, _Pending())
+        params = [Param(k, v) for k, v in pending.params.items()]
+        tags = [RunTag(k, v) for k, v in pending.tags.items()]
+        existing = self.client.get_run(run_id).data.params
+        params = [p for p in params if p.key not in existing]  # params are immutable once logged
+        for i in range(0, max(len(params), len(tags)), 100):
+            self.client.log_batch(run_id, params=params[i:i + 100], tags=tags[i:i + 100])
+
     def _buffer(self, run_id: str) -> _Pending:
         return self._pending.setdefault(run_id, _Pending())
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """Send what the run buffered (one batch) and end it with `status`."""
         pending = self._pending.pop(run_id, _Pending())
-        if self._queue is None:
+        if self._sink is not None:
+            self._sink.put((self.experiment_id, run_id, pending, status))
+        elif self._queue is None:
             self._send(run_id, pending, status)
         else:
             self._queue.put((run_id, pending, status))
 
     def _send(self, run_id: str, pending: _Pending, status: str) -> None:
-        from mlflow.entities import Metric, Param, RunTag  # lazy: heavy optional (mlflow)
-
-        if pending.create is not None:
-            name, tags = pending.create
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        params = [Param(k, v) for k, v in pending.params.items()]
-        metrics = [Metric(k, v, ts, step) for k, v, ts, step in pending.metrics]
-        tags = [RunTag(k, v) for k, v in pending.tags.items()]
-        while params or metrics or tags:  # MLflow's limits per batch: 100 params, 100 tags
-            self.client.log_batch(run_id, params=params[:100], metrics=metrics[:900], tags=tags[:100])
-            params, metrics, tags = params[100:], metrics[900:], tags[100:]
-        self.client.set_terminated(run_id, status)
+        _send_run(self.client, self.experiment_id, run_id, pending, status)
 
     def _write(self) -> None:
         assert self._queue is not None
@@ -239,6 +245,54 @@ class Tracker:
             filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
             max_results=5000,
         )
+
+
+def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, status: str) -> None:
+    """Create a deferred run, log what it buffered in batches, end it."""
+    from mlflow.entities import Metric, Param, RunTag  # lazy: heavy optional (mlflow)
+
+    if pending.create is not None:
+        name, tags = pending.create
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    params = [Param(k, v) for k, v in pending.params.items()]
+    metrics = [Metric(k, v, ts, step) for k, v, ts, step in pending.metrics]
+    tags = [RunTag(k, v) for k, v in pending.tags.items()]
+    while params or metrics or tags:  # MLflow's limits per batch: 100 params, 100 tags
+        client.log_batch(run_id, params=params[:100], metrics=metrics[:900], tags=tags[:100])
+        params, metrics, tags = params[100:], metrics[900:], tags[100:]
+    client.set_terminated(run_id, status)
+
+
+def _write_runs(uri: str, sink: Any) -> None:
+    """The RunWriter's process: write every run sent until the end marker (None)."""
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow)
+
+    client = MlflowClient(uri)
+    while (message := sink.get()) is not None:
+        _send_run(client, *message)
+
+
+class RunWriter:
+    """A process that writes the MLflow runs sweep workers finish.
+
+    Writing a run to MLflow's SQLite store costs about 30 ms of Python; on the workers' own
+    thread that is more than a trial. The writer runs on another core; workers hand it each
+    finished run through a queue (`Tracker(sink=writer.queue)`); `close` waits until all
+    are written. Runs a worker sent before it died are written too."""
+
+    def __init__(self, uri: str | None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.queue = ctx.Queue()
+        self.process = ctx.Process(target=_write_runs, args=(tracking_uri(uri), self.queue),
+                                   name="mlflow-writer")
+        self.process.start()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.process.join()
+        if self.process.exitcode:
+            raise RuntimeError(f"the MLflow writer process exited with {self.process.exitcode}")
 
 
 def provenance_tags(

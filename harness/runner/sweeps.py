@@ -34,7 +34,7 @@ from harness.core.results import Failed, MissingInputs
 from harness.core.yaml_io import load_yaml
 from harness.eval.protocols import brief, protocol_of
 from harness.method.substitutions import parse_substitutions
-from harness.report.tracking import Tracker, flatten_metrics, metric_key, provenance_tags
+from harness.report.tracking import RunWriter, Tracker, metric_key, provenance_tags
 from harness.runner import studies
 from harness.runner.settings import Pools, Settings
 from harness.runner.trial import SUBSTITUTIONS_TAG, get_or_substitute, ground_truth_gap, trial
@@ -208,7 +208,7 @@ class SweepWorker:
     """Takes trials of a sweep study while its budget allows, computes and logs them."""
 
     def __init__(self, space: str | Path, settings: Settings, parent_id: str, n_trials: int,
-                 worker: int = 0) -> None:
+                 worker: int = 0, sink: Any = None) -> None:
         self.spec = load_sweep(space)
         self.settings = settings
         self.base = self.spec.base_config(settings.resolved_overrides())
@@ -218,7 +218,7 @@ class SweepWorker:
         self.study = optuna.load_study(study_name=self.name, storage=studies.open_storage(self.url),
                                        sampler=_sampler(self.spec, worker), pruner=_pruner(self.spec))
         self.parent_id = parent_id
-        self.tracker = _tracker(self.spec, settings, background=True)
+        self.tracker = Tracker(f"sweep-{self.spec.name}", settings.tracking_uri, background=True, sink=sink)
         self.n_trials = n_trials
         self.retry = studies.retry_callback()
         self.delay = float(os.environ.get(TRIAL_DELAY_ENV, "0") or 0)
@@ -257,13 +257,18 @@ class SweepWorker:
             params = suggest(t, self.spec.space)
             cfg = self.base.replace(**params, name=f"{self.spec.name}/trial{t.number}")
             prep, cfg = get_or_substitute(self.pool, cfg, self.subs)
-            # the MLflow run is written when the trial ends, off the trial's path: a trial
-            # and its run share the tags `granalign.study` and `trial` (and the config hash)
+            # the MLflow run is written when the trial ends, off the trial's path, by the
+            # sweep's writer process: a trial and its run share the tags `granalign.study` and
+            # `trial`. What every trial shares (the base config, provenance) is on the parent
+            # run; a child carries what differs: the sampled params, the config hash, metrics.
+            changed = cfg.flat_params()
             run_id = self.tracker.child(
-                self.parent_id, f"trial {t.number}", "trial", cfg.flat_params(),
-                provenance_tags(cfg.hash(), prep.fingerprint, cfg.dataset,
-                                {"sweep": self.spec.name, "trial": t.number, "seed": cfg.seed,
-                                 **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}}),
+                self.parent_id, f"trial {t.number}", "trial",
+                {k: changed[k] for k in params if k in changed} | {
+                    k: v for k, v in changed.items() if k == "pairing" and self.subs},
+                {"sweep": self.spec.name, "trial": t.number, "config_hash": cfg.hash(),
+                 "cache_fingerprint": prep.fingerprint,
+                 **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}},
                 defer=True,
             )
             if self.delay:
@@ -282,7 +287,7 @@ class SweepWorker:
                         return
             metrics = trial(prep, cfg, highlights=self.highlights)
             flat = brief(metrics)
-            self.tracker.log_metrics(run_id, flatten_metrics(metrics))
+            self.tracker.log_metrics(run_id, {metric_key(k): v for k, v in flat.items()})
             self.tracker.set_tags(run_id, {"status": "ok"})
             self.tracker.finish(run_id)
             values = [float(flat[m]) for m, _ in self.spec.objectives]
@@ -296,8 +301,9 @@ class SweepWorker:
             self.study.tell(t, state=TrialState.FAIL)
 
 
-def _sweep_worker_main(space: str, settings: Settings, parent_id: str, n_trials: int, worker: int) -> None:
-    SweepWorker(space, settings, parent_id, n_trials, worker).run()
+def _sweep_worker_main(space: str, settings: Settings, parent_id: str, n_trials: int, worker: int,
+                       sink: Any) -> None:
+    SweepWorker(space, settings, parent_id, n_trials, worker, sink).run()
 
 
 def check_inputs(spec: SweepSpec, settings: Settings) -> None:
@@ -331,20 +337,30 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
     study = optuna.create_study(study_name=name, storage=studies.open_storage(url),
                                 directions=[d for _, d in spec.objectives], load_if_exists=True)
     tracker = _tracker(spec, settings)
-    parent_id = tracker.parent(name, name, {"sweep": spec.name, "space": str(spec.path),
-                                            "n_trials": n_trials})
+    base = spec.base_config(settings.resolved_overrides())
+    parent_id = tracker.parent(name, name, provenance_tags(
+        base.hash(), "", base.dataset,
+        {"sweep": spec.name, "space": str(spec.path), "n_trials": n_trials,
+         "swept": ",".join(spec.space), "seed": spec.sampler.get("seed", "")}))
+    tracker.log_params(parent_id, base.flat_params())  # the base config: what trials change is on them
+    tracker.finish_pending(parent_id)
     try:
         with studies.study_lock(url, name):
             studies.reap_dead_trials(study, studies.retry_callback())
         studies.close_orphan_runs(study, tracker, parent_id)
         if _finished(study) < n_trials:
-            if settings.workers <= 1:
-                SweepWorker(spec.path, settings, parent_id, n_trials).run()
-            else:
-                codes = studies.run_workers(_sweep_worker_main, [
-                    (str(spec.path), settings, parent_id, n_trials, k) for k in range(settings.workers)])
-                if any(codes):
-                    print(f"warning: sweep workers exited with {codes}", flush=True)
+            writer = RunWriter(settings.tracking_uri)  # MLflow writes on another core
+            try:
+                if settings.workers <= 1:
+                    SweepWorker(spec.path, settings, parent_id, n_trials, sink=writer.queue).run()
+                else:
+                    codes = studies.run_workers(_sweep_worker_main, [
+                        (str(spec.path), settings, parent_id, n_trials, k, writer.queue)
+                        for k in range(settings.workers)])
+                    if any(codes):
+                        print(f"warning: sweep workers exited with {codes}", flush=True)
+            finally:
+                writer.close()
         studies.close_orphan_runs(study, tracker, parent_id)
         summary = sweep_summary(study, spec)
         tracker.log_text(parent_id, json.dumps(summary, indent=2), "sweep_summary.json")
