@@ -324,3 +324,45 @@ def test_build_then_run_reads_every_pairing(world: World, tmp_path: Path, monkey
         rows = [json.loads(x) for x in (tmp_path / pairing / "predictions.jsonl").read_text().splitlines()]
         assert [r["qid"] for r in rows] == [1, 2, 3]
         assert all(r["pred_relevant_windows"] for r in rows)
+
+
+def test_two_shards_built_apart_merge_into_one_build(world: World, reference: Run, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards built in separate folders (separate machines) join with `granalign cache merge`:
+    the same content fingerprint as one unsharded build; an interrupted merge rerun ends the
+    same; the same key with different content is an error naming both caches."""
+    from harness.cache.merge import content_fingerprint
+    from harness.core.faults import FAULT_ENV
+
+    a, b = tmp_path / "shard0", tmp_path / "shard1"
+    assert run_main(build_args(world, a, "--shard", "0/2"))[0] == 0
+    assert run_main(build_args(world, b, "--shard", "1/2"))[0] == 0
+    want = content_fingerprint(Cache(reference.cache, readonly=True))
+    assert content_fingerprint(Cache(a, readonly=True)) != want
+
+    merged = tmp_path / "merged"
+    rc, out, err = run_main(["cache", "merge", str(a), str(b), "--into", str(merged), "--no-progress"])
+    assert rc == 0, err
+    assert f"content fingerprint: {want[:16]}" in out
+    assert content_fingerprint(Cache(merged, readonly=True)) == want
+    assert entries(merged) == entries(reference.cache)
+
+    # interrupted after a few entries, then run again: the same cache
+    broken = tmp_path / "interrupted"
+    monkeypatch.setenv(FAULT_ENV, "merge:entry@5")
+    with pytest.raises(RuntimeError, match="injected fault at merge:entry"):
+        run_main(["cache", "merge", str(a), str(b), "--into", str(broken), "--no-progress"])
+    monkeypatch.delenv(FAULT_ENV)
+    assert content_fingerprint(Cache(broken, readonly=True)) not in (want,)
+    assert run_main(["cache", "merge", str(a), str(b), "--into", str(broken), "--no-progress"])[0] == 0
+    assert content_fingerprint(Cache(broken, readonly=True)) == want
+
+    # a conflict: the same key with another value in a third cache
+    other = tmp_path / "other"
+    shutil.copytree(a, other)
+    with contextlib.closing(sqlite3.connect(other / "cache.sqlite")) as con:
+        key = con.execute("SELECT key FROM entries WHERE stage = 'variants' LIMIT 1").fetchone()[0]
+        con.execute("UPDATE entries SET value = '{}', value_hash = 'x' WHERE key = ?", (key,))
+        con.commit()
+    rc, _, err = run_main(["cache", "merge", str(other), "--into", str(merged), "--no-progress"])
+    assert rc == 2 and f"cache entry {key} differs between {other} and {merged}" in err

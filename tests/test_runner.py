@@ -32,7 +32,7 @@ from harness.report.tables import load_table
 from harness.report.tracking import STUDY_TAG
 from harness.runner.settings import Settings
 from harness.runner.studies import WORKER_ATTR, open_storage
-from harness.runner.sweeps import load_sweep, run_sweep
+from harness.runner.sweeps import TRIAL_DELAY_ENV, load_sweep, run_sweep
 from harness.runner.tables import effective_spec, row_configs, run_table, table_from_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,9 +268,12 @@ def test_sweep_runs_n_trials_under_one_parent_and_resumes(tmp_path: Path, settin
     assert len(parents) == 1 and len(children) == 6
 
 
-def test_sweep_with_two_workers_stops_at_n_trials(tmp_path: Path, settings_for: SettingsFor) -> None:
+def test_sweep_with_two_workers_stops_at_n_trials(tmp_path: Path, settings_for: SettingsFor,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # with Optuna's MaxTrialsCallback each worker starts one more trial while the other
-    # runs its last one; the runner's storage refuses trials beyond the budget instead
+    # runs its last one; the runner decides under the study's lock instead. Trials are
+    # slowed down so that the second worker is up before the first has done them all.
+    monkeypatch.setenv(TRIAL_DELAY_ENV, "0.6")
     settings = settings_for(tmp_path, workers=2)
     summary = run_sweep(DEMO_SWEEP, settings, n_trials=7, echo=False)
     study = sweep_study(settings, summary)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.errors import HarnessError
+from harness.core.faults import fault_point
 from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
 from harness.core.registry import Registry
 from harness.core.stages import CACHE_STAGES, STAGES, stage_order
@@ -143,16 +144,6 @@ class CacheCorrupt(HarnessError):
     """A cached file whose bytes are not the ones recorded; the message names the file."""
 
 
-FAULT_ENV = "GRANALIGN_TEST_FAULT"  # test hook: the name of a point where the process raises
-
-
-def _fault_point(name: str) -> None:
-    """Raise here when the tests ask for it (`GRANALIGN_TEST_FAULT=<name>`): a crash at an
-    exact point, e.g. between an embedding's file and its row."""
-    if os.environ.get(FAULT_ENV) == name:
-        raise RuntimeError(f"injected fault at {name} ({FAULT_ENV})")
-
-
 class Cache:
     """SQLite text store + `.npy` matrix store under one folder.
 
@@ -215,6 +206,16 @@ class Cache:
 
     def _tx(self) -> Cache._Tx:
         return Cache._Tx(self._con)
+
+    def transaction(self) -> Cache._Tx:
+        """`with cache.transaction() as con:` statements that commit together or not at all."""
+        if self.readonly:
+            raise PermissionError(f"cache {self.root} is open read-only")
+        return self._tx()
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only statement on the cache's tables (merging, reports)."""
+        return self._con.execute(sql, args).fetchall()
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -326,6 +327,10 @@ class Cache:
         """Content address of a matrix: the embedder and the exact texts, in order."""
         return sha256_hex(canonical_json({"stage": "embeddings", "model": model, "texts": list(texts)}))
 
+    def matrix_path(self, key: str) -> Path:
+        """Where an embedding matrix's `.npy` lives."""
+        return self._emb_path(key)
+
     def _emb_path(self, key: str) -> Path:
         return self.emb_dir / key[:2] / f"{key}.npy"
 
@@ -344,7 +349,7 @@ class Cache:
         data = buf.getvalue()
         path = self._emb_path(key)
         atomic_write_bytes(path, data)
-        _fault_point("put_embeddings:between-file-and-row")
+        fault_point("put_embeddings:between-file-and-row")
         st = path.stat()
         with self._tx() as con:
             con.execute(
@@ -414,6 +419,14 @@ class Cache:
         matrix = np.frombuffer(data, dtype="<f4", offset=len(data) - n).reshape(rows, dim)
         self._remember(key, digest)
         return matrix
+
+    def get_embeddings_by_key(self, key: str) -> np.ndarray:
+        """A cached matrix by its key (checked as every read is)."""
+        row = self._con.execute(
+            "SELECT rows, dim, digest, size, mtime_ns FROM embeddings WHERE key=?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(f"no embedding matrix {key} in {self.root}")
+        return self._read_matrix(key, *row)
 
     def has_embeddings(self, model: str, texts: Sequence[str]) -> bool:
         """Cached means: the row exists (a file without its row is an interrupted write)."""

@@ -14,8 +14,9 @@ from harness.build.builder import DEFAULT_CAPTIONER, OPTION_GROUPS, STAGES, Buil
 from harness.build.metering import efficiency_rows, format_efficiency
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
 from harness.cache.importers import run_import
+from harness.cache.merge import merge_caches
 from harness.cache.producers import DEFAULT_FRAME_FILTER, DEFAULT_REWRITER_MODEL
-from harness.cache.store import STAGE_LABELS, Cache
+from harness.cache.store import STAGE_LABELS, Cache, default_cache_dir
 from harness.cli.common import add_cache_arg, add_data_args
 from harness.core.constants import K_MAX
 from harness.core.yaml_io import parse_yaml
@@ -134,11 +135,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    into = args.into or str(default_cache_dir())
+    report = merge_caches(args.sources, into, progress=not args.no_progress)
+    print("\n".join(report.lines()))
+    return 0
+
+
 def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAction) -> None:
     p = cache.add_parser("stats", help="list cached entries per stage and backend")
     add_cache_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_stats)
+
+    p = cache.add_parser(
+        "merge", help="join caches built on separate machines (--shard i/N) into one (resumable)")
+    p.add_argument("sources", nargs="+", help="cache folders to copy from")
+    p.add_argument("--into", default=None, help=f"target cache (default: $GRANALIGN_CACHE or {default_cache_dir()})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_merge)
 
     p = cache.add_parser(
         "import", help="import public caption / paraphrase releases into the cache (resumable)"

@@ -8,12 +8,15 @@ synthetic. Nothing else in the harness parses a dataset name.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import DataError
+from harness.core.io import canonical_json, sha256_hex
 from harness.core.query import Dataset, Query
 from harness.core.registry import Registry
 
@@ -101,6 +104,25 @@ def data_root(root: str | os.PathLike[str] | None = None) -> Path:
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> Dataset:
     """Load a registered split by name, e.g. `qvhighlights:val`, `charades_sta:test`."""
     return dataset_spec(name).load(root)
+
+
+def source_digest(dataset: Dataset) -> str:
+    """sha256 (first 16 hex) of the split's annotation file: which ground truth a run used.
+    A synthetic split (no file) is identified by its name and queries."""
+    path = Path(dataset.source)
+    if dataset.synthetic or not path.is_file():
+        return sha256_hex(canonical_json([dataset.name, [q.qid for q in dataset.queries]]))[:16]
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _check_unique(queries: Sequence[Query], source: str) -> None:

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import queue
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +31,8 @@ from harness.core.provenance import git_commit, package_versions
 from harness.data.spec import dataset_spec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_ML_KIND = "custom_model_development"
 STUDY_TAG = "granalign.study"
 KIND_TAG = "granalign.kind"  # parent | row | trial
 
@@ -82,6 +85,7 @@ class _Pending:
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ms, step
     tags: dict[str, str] = field(default_factory=dict)
     create: tuple[str, dict[str, str]] | None = None  # (run name, tags) of a deferred run
+    inputs: list[dict[str, str]] = field(default_factory=list)  # datasets (MLflow inputs)
 
 
 class Tracker:
@@ -104,8 +108,10 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             try:
+                # the classic-ML kind: MLflow 3's UI then opens the experiment on its runs table
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_location(self.uri, experiment)
+                    experiment, artifact_location=_artifact_location(self.uri, experiment),
+                    tags={EXPERIMENT_KIND_TAG: CLASSIC_ML_KIND},
                 )
             except Exception:  # created meanwhile by another worker
                 exp = self.client.get_experiment_by_name(experiment)
@@ -195,6 +201,16 @@ class Tracker:
         for i in range(0, max(len(params), len(tags)), 100):
             self.client.log_batch(run_id, params=params[i:i + 100], tags=tags[i:i + 100])
 
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str = "eval") -> None:
+        """The run's dataset as an MLflow input (the Dataset column of the runs table)."""
+        self._buffer(run_id).inputs.append({"name": name, "digest": digest, "source": source, "context": context})
+
+    def log_table(self, run_id: str, rows: list[dict[str, Any]], path: str) -> None:
+        """A rendered table as an MLflow table artifact (shown as a table in the UI)."""
+        import pandas as pd  # lazy: heavy optional (pandas, with mlflow)
+
+        self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=path)
+
     def _buffer(self, run_id: str) -> _Pending:
         return self._pending.setdefault(run_id, _Pending())
 
@@ -260,6 +276,12 @@ def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, s
     while params or metrics or tags:  # MLflow's limits per batch: 100 params, 100 tags
         client.log_batch(run_id, params=params[:100], metrics=metrics[:900], tags=tags[:100])
         params, metrics, tags = params[100:], metrics[900:], tags[100:]
+    if pending.inputs:
+        from mlflow.entities import Dataset, DatasetInput, InputTag  # lazy: heavy optional (mlflow)
+
+        client.log_inputs(run_id, datasets=[
+            DatasetInput(Dataset(d["name"], d["digest"], "local", d["source"]),
+                         [InputTag("mlflow.data.context", d["context"])]) for d in pending.inputs])
     client.set_terminated(run_id, status)
 
 
@@ -295,16 +317,27 @@ class RunWriter:
             raise RuntimeError(f"the MLflow writer process exited with {self.process.exitcode}")
 
 
+def source_name() -> str:
+    """What started this run: the granalign command line (or the Python entry point)."""
+    argv = [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:]]
+    return " ".join(argv)[:500]
+
+
 def provenance_tags(
     config_hash: str, fingerprint: str, dataset: str, extra: Mapping[str, Any] | None = None
 ) -> dict[str, str]:
+    commit = git_commit()
     tags = {
         "config_hash": config_hash,
         "cache_fingerprint": fingerprint,
         "dataset": dataset,
         "synthetic": str(dataset_spec(dataset).synthetic).lower(),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "package_versions": json.dumps(package_versions(), sort_keys=True),
+        # MLflow's own source tags: the runs table shows them (Source, Version columns)
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": source_name(),
+        "mlflow.source.git.commit": commit.removesuffix("+dirty"),
     }
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags

@@ -32,6 +32,7 @@ from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.results import Failed, MissingInputs
 from harness.core.yaml_io import load_yaml
+from harness.data.spec import source_digest
 from harness.eval.protocols import brief, protocol_of
 from harness.method.substitutions import parse_substitutions
 from harness.report.tracking import RunWriter, Tracker, metric_key, provenance_tags
@@ -102,10 +103,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"{path}: 'space' should map config keys to distributions")
     fields = set(ExperimentConfig.__dataclass_fields__)
     for param, dist in space.items():
-        if param not in fields:
-            raise ConfigError(f"{path}: space parameter {param!r} is not a config key")
         if not isinstance(dist, dict) or dist.get("type") not in _SPACE_TYPES:
             raise ConfigError(f"{path}: space.{param} needs type: float | int | categorical")
+        if param not in fields and not _coupled(dist):
+            raise ConfigError(f"{path}: space parameter {param!r} is not a config key (a name that "
+                              "is not one takes categorical choices that are mappings of config keys)")
     for key in ("overrides", "sampler", "pruner"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"{path}: {key!r} should be a mapping")
@@ -149,9 +151,28 @@ def _check_space(spec: SweepSpec, base: ExperimentConfig) -> None:
             values = [lo, hi]
         for v in values:
             try:
-                base.replace(**{param: v})
+                base.replace(**config_values(spec.space, {param: v}))
             except ConfigError as e:
                 raise ConfigError(f"{where}: {v!r} does not make a valid config: {e}") from None
+
+
+def _coupled(dist: Mapping[str, Any]) -> bool:
+    """Categorical choices that each set several config keys together, e.g. an embedder and
+    the precision its matrices were cached in: `{embedder: mpnet, embedder_dtype: bfloat16}`."""
+    choices = dist.get("choices")
+    return (dist.get("type") == "categorical" and isinstance(choices, list) and bool(choices)
+            and all(isinstance(c, dict) for c in choices))
+
+
+def config_values(space: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampled params -> config overrides: a coupled choice contributes its keys."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in space and _coupled(space[name]) and name not in ExperimentConfig.__dataclass_fields__:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -213,6 +234,8 @@ class SweepWorker:
         self.settings = settings
         self.base = self.spec.base_config(settings.resolved_overrides())
         self.pool = Pools(settings)(self.base.dataset)
+        self.dataset = self.pool.dataset(self.base.dataset, self.base.limit)
+        self.dataset_digest = source_digest(self.dataset)
         self.url = studies.storage_url(settings.storage)
         self.name = self.spec.study_name(settings.resolved_overrides())
         self.study = optuna.load_study(study_name=self.name, storage=studies.open_storage(self.url),
@@ -255,22 +278,24 @@ class SweepWorker:
         run_id = None
         try:
             params = suggest(t, self.spec.space)
-            cfg = self.base.replace(**params, name=f"{self.spec.name}/trial{t.number}")
+            cfg = self.base.replace(**config_values(self.spec.space, params), name=f"{self.spec.name}/trial{t.number}")
             prep, cfg = get_or_substitute(self.pool, cfg, self.subs)
             # the MLflow run is written when the trial ends, off the trial's path, by the
             # sweep's writer process: a trial and its run share the tags `granalign.study` and
             # `trial`. What every trial shares (the base config, provenance) is on the parent
             # run; a child carries what differs: the sampled params, the config hash, metrics.
             changed = cfg.flat_params()
+            swept = config_values(self.spec.space, params)
             run_id = self.tracker.child(
                 self.parent_id, f"trial {t.number}", "trial",
-                {k: changed[k] for k in params if k in changed} | {
+                {k: changed[k] for k in swept if k in changed} | {
                     k: v for k, v in changed.items() if k == "pairing" and self.subs},
                 {"sweep": self.spec.name, "trial": t.number, "config_hash": cfg.hash(),
                  "cache_fingerprint": prep.fingerprint,
                  **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}},
                 defer=True,
             )
+            self.tracker.log_dataset(run_id, self.dataset.label, self.dataset_digest, self.dataset.source)
             if self.delay:
                 time.sleep(self.delay)
             if len(self.spec.objectives) == 1 and self.spec.pruner:
@@ -311,7 +336,7 @@ def check_inputs(spec: SweepSpec, settings: Settings) -> None:
     config, or any categorical choice of the space."""
     base = spec.base_config(settings.resolved_overrides())
     pools = Pools(settings)
-    configs = [base] + [base.replace(**{p: c}) for p, d in spec.space.items()
+    configs = [base] + [base.replace(**config_values(spec.space, {p: c})) for p, d in spec.space.items()
                         if d["type"] == "categorical" for c in d["choices"]]
     subs = parse_substitutions(settings.substitutions)
     gaps = []

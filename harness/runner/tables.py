@@ -16,7 +16,9 @@ Every row is a nested MLflow child run under one parent run per table, which alw
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import tempfile
@@ -36,7 +38,7 @@ from harness.config import ExperimentConfig
 from harness.core.errors import DataFileMissing
 from harness.core.io import atomic_write_text, canonical_json, sha256_hex
 from harness.core.results import Failed, Missing, MissingInputs, Outcome, SameAs
-from harness.data.spec import dataset_spec
+from harness.data.spec import dataset_spec, source_digest
 from harness.eval.protocols import brief
 from harness.eval.top1 import top1_ious
 from harness.method.sources import Prepared
@@ -252,7 +254,10 @@ class RowWorker:
         tags = provenance_tags(cfg.hash(), fingerprint, cfg.dataset, {
             "table": self.spec.id, "row": row, "status": "ok", "seed": cfg.seed, "trial": t.number,
             **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}, **(extra or {})})
-        return self.tracker.child(self.parent_id, row, "row", cfg.flat_params(), tags)
+        run_id = self.tracker.child(self.parent_id, row, "row", cfg.flat_params(), tags)
+        ds = self.pools(cfg.dataset).dataset(cfg.dataset, cfg.limit)
+        self.tracker.log_dataset(run_id, ds.label, source_digest(ds), ds.source)
+        return run_id
 
     def _log(self, run_id: str, prep: Prepared, res: dict[str, Any], metrics: Mapping[str, float]) -> None:
         flat = flatten_metrics(res["metrics"])
@@ -426,6 +431,8 @@ def _write_table(spec: TableSpec, rendered: Mapping[str, str], settings: Setting
     for ext, text in rendered.items():
         atomic_write_text(folder / f"table{spec.id}{suffix}.{ext}", text)
         tracker.log_text(parent_id, text, f"table{spec.id}.{ext}")
+    # the same table as an MLflow table artifact: the UI shows it as a table (Artifacts tab)
+    tracker.log_table(parent_id, list(csv.DictReader(io.StringIO(rendered["csv"]))), f"table{spec.id}.json")
     plot = _sensitivity_plot(spec, results, folder / f"table{spec.id}{suffix}.png")
     if plot is not None:
         tracker.log_file(parent_id, plot, "plots")
