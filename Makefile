@@ -21,8 +21,10 @@ SPACE ?= experiments/sweeps/granalign_qvh.yaml
 N_TRIALS ?= 50
 WORKERS ?= 1
 MLFLOW_PORT ?= 5000
+OPTUNA_PORT ?= 8080
+STORAGE ?= sqlite:///optuna.db
 
-.PHONY: install lint test demo mpnet cache-qvh ablation-table3 ablations sweep mlflow-ui clean
+.PHONY: install lint test demo mpnet cache-qvh ablation-table3 ablations sweep mlflow-ui optuna-dashboard clean
 
 install: $(STAMP)
 
@@ -74,6 +76,10 @@ sweep: cache-qvh
 mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui \
 	  --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# Optuna's dashboard on the studies (tables and sweeps): http://127.0.0.1:$(OPTUNA_PORT)
+optuna-dashboard: $(STAMP)
+	$(BIN)/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(OPTUNA_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
