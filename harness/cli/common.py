@@ -25,3 +25,25 @@ def add_substitute_arg(p: argparse.ArgumentParser) -> None:
         help="run configs whose inputs are missing with a named stand-in, e.g. Cq=Ca (aware "
              "captions replaced by agnostic ones); every number computed so is marked",
     )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (counts of trials, workers, resamples, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0 (seeds, sizes where 0 means 'native')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value

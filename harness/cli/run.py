@@ -7,15 +7,17 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from harness.cache import open_cache
-from harness.cli.common import add_cache_arg, add_substitute_arg
+from harness.cli.common import add_cache_arg, add_substitute_arg, nonnegative_int, positive_int
 from harness.config import load_config, parse_override
 from harness.core.results import MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
+from harness.eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, compare, intervals
 from harness.eval.predictions import load_predictions
-from harness.eval.protocols import brief, evaluate
+from harness.eval.protocols import PerQuery, brief, protocol_of
 from harness.method.substitutions import parse_substitutions
 from harness.runner.trial import run_config
 
@@ -59,13 +61,50 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_root)
-    preds = load_predictions(args.pred)
-    result = evaluate(args.dataset, dataset.queries, preds)
+    preds = load_predictions(_prediction_file(args.pred))
+    pq: PerQuery = {}
+    result = protocol_of(args.dataset).evaluate(dataset.queries, preds, per_query=pq)
+    if args.ci:
+        result["intervals"] = {k: [v.low, v.high] for k, v in intervals(pq, args.resamples, args.seed).items()}
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"predictions: {args.pred} ({len(dataset)} queries)")
-        print(format_metrics(result, args.dataset))
+        return 0
+    print(f"predictions: {args.pred} ({len(dataset)} queries)")
+    print(format_metrics(result, args.dataset))
+    if args.ci:
+        print(f"95 % bootstrap intervals ({args.resamples} resamples of the queries, seed {args.seed}):")
+        width = max(len(k) for k in result["intervals"])
+        for k, (lo, hi) in result["intervals"].items():
+            print(f"  {k:<{width}}  [{lo:6.2f}, {hi:6.2f}]  width {hi - lo:.2f}")
+    return 0
+
+
+def _prediction_file(path: str) -> Path:
+    p = Path(path)
+    return p / "predictions.jsonl" if p.is_dir() else p
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset, args.data_root)
+    protocol = protocol_of(args.dataset)
+    per_query: list[PerQuery] = []
+    for path in (args.a, args.b):
+        pq: PerQuery = {}
+        protocol.evaluate(dataset.queries, load_predictions(_prediction_file(path)), per_query=pq)
+        per_query.append(pq)
+    result = compare(per_query[0], per_query[1], args.resamples, args.seed)
+    if args.json:
+        print(json.dumps({k: vars(v) for k, v in result.items()}, indent=2))
+        return 0
+    print(f"dataset: {args.dataset} ({len(dataset)} queries); A: {args.a}; B: {args.b}")
+    print(f"B - A with its 95 % interval and paired bootstrap p-value ({args.resamples} resamples "
+          f"of the queries, seed {args.seed})")
+    width = max(len(k) for k in result)
+    print(f"{'metric':<{width}}  {'A':>7}  {'B':>7}  {'B - A':>7}  {'interval':>17}  {'p':>7}")
+    for key, c in result.items():
+        verdict = "" if c.significant else "  not significant"
+        print(f"{key:<{width}}  {c.a:7.2f}  {c.b:7.2f}  {c.diff:+7.2f}  [{c.low:+6.2f}, {c.high:+6.2f}]  "
+              f"{c.p_text():>7}{verdict}")
     return 0
 
 
@@ -74,7 +113,7 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("config", help="experiment YAML (see experiments/)")
     p.add_argument("--out", default=None, help="output folder (default runs/<name>-<config hash>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--limit", type=int, default=None, help="first N queries only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N queries only")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default $GRANALIGN_DATA)")
     add_substitute_arg(p)
     add_cache_arg(p)
@@ -84,5 +123,18 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--dataset", required=True, help="registered split, e.g. qvhighlights:val")
     p.add_argument("--pred", required=True, help="predictions in the official QVHighlights jsonl format")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
+    p.add_argument("--ci", action="store_true", help="95 %% bootstrap intervals of the brief metrics")
+    p.add_argument("--resamples", type=positive_int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (1000)")
+    p.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED, help="resampling seed (0)")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default: $GRANALIGN_DATA)")
     p.set_defaults(func=cmd_eval)
+
+    p = top.add_parser("compare", help="two prediction files on the same queries: differences, intervals, p-values")
+    p.add_argument("--dataset", required=True, help="registered split, e.g. qvhighlights:val")
+    p.add_argument("a", help="predictions jsonl (or a run folder holding predictions.jsonl)")
+    p.add_argument("b", help="the other predictions (B - A is reported)")
+    p.add_argument("--resamples", type=positive_int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (1000)")
+    p.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED, help="resampling seed (0)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--data-root", default=None, help="benchmark data folder (default: $GRANALIGN_DATA)")
+    p.set_defaults(func=cmd_compare)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import add_cache_arg, add_substitute_arg
+from harness.cli.common import add_cache_arg, add_substitute_arg, positive_int
 from harness.config import parse_override
 from harness.method.substitutions import parse_substitutions
 from harness.report.tables import list_tables
@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=None, help=f"Optuna storage URL (default ${STORAGE_ENV} or {DEFAULT_STORAGE})")
     p.add_argument("--tracking-uri", default=None,
                    help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
-    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key in every row/trial")
     p.add_argument("--demo", action="store_true", help="run on the built-in SYNTHETIC demo dataset")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default $GRANALIGN_DATA)")
@@ -63,6 +63,6 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.set_defaults(func=cmd_table)
     s = top.add_parser("sweep", help="an Optuna hyperparameter sweep over a YAML search space")
     s.add_argument("space", help="sweep YAML (see experiments/sweeps/)")
-    s.add_argument("--n-trials", type=int, default=50, help="complete + pruned trials to reach")
+    s.add_argument("--n-trials", type=positive_int, default=50, help="complete + pruned trials to reach")
     _common(s)
     s.set_defaults(func=cmd_sweep)

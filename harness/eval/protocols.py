@@ -11,11 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from harness.core.query import Query
 from harness.core.registry import Registry
 from harness.data.spec import dataset_spec
 
-Evaluator = Callable[[Sequence[Query], Sequence[Mapping[str, Any]]], dict[str, Any]]
+Evaluator = Callable[..., dict[str, Any]]
+# brief metric -> (per-query values, the queries the metric averages over)
+PerQuery = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from harness.core.constants import CLIP_SECONDS
 from harness.core.errors import DataError
 from harness.core.query import Query
 from harness.eval.predictions import align
-from harness.eval.protocols import PROTOCOLS, Protocol
+from harness.eval.protocols import PROTOCOLS, PerQuery, Protocol
 from harness.eval.windows import Windows, cross_iou, paired_iou, pct, recall_at_one
 
 IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -252,11 +252,15 @@ def highlight_hit1(pred_full: np.ndarray, positive: np.ndarray, n_clips: np.ndar
     `pred_full` is the whole predicted list (-inf padded): argmax over it, as officially,
     and a top clip beyond the GT grid is a miss.
     """
+    return float(np.mean(highlight_hits(pred_full, positive, n_clips)))
+
+
+def highlight_hits(pred_full: np.ndarray, positive: np.ndarray, n_clips: np.ndarray) -> np.ndarray:
+    """(Q,) 1.0 where the query's top-scored clip is positive (HL-Hit1 per query)."""
     top = np.argmax(pred_full, axis=1)
     inside = top < n_clips
     top_c = np.minimum(top, positive.shape[1] - 1)
-    hit = positive[np.arange(len(top)), top_c].max(axis=-1) * inside
-    return float(np.mean(hit))
+    return positive[np.arange(len(top)), top_c].max(axis=-1) * inside
 
 
 def highlight_ap(scores: np.ndarray, positive: np.ndarray, n_clips: np.ndarray) -> np.ndarray:
@@ -304,7 +308,7 @@ def highlight_metrics(
 
 
 def highlight_metrics_arrays(labels: np.ndarray, n_clips: np.ndarray, scores: np.ndarray,
-                             lengths: np.ndarray) -> dict[str, Any]:
+                             lengths: np.ndarray, per_query: PerQuery | None = None) -> dict[str, Any]:
     """`highlight_metrics` on arrays: `scores` (Q, T) predicted saliency, valid up to `lengths`."""
     width = labels.shape[1]
     cols = np.arange(max(width, scores.shape[1]))
@@ -323,6 +327,10 @@ def highlight_metrics_arrays(labels: np.ndarray, n_clips: np.ndarray, scores: np
             "HL-mAP": pct(float(np.mean(ap[:, k]))),
             "HL-Hit1": pct(highlight_hit1(full, level, n_clips)),
         }
+        if per_query is not None:
+            every = np.ones(len(labels), dtype=bool)
+            per_query[f"HL-min-{name}-mAP"] = (ap[:, k].mean(axis=-1), every)
+            per_query[f"HL-min-{name}-Hit1"] = (highlight_hits(full, level, n_clips), every)
     return out
 
 
@@ -357,10 +365,13 @@ def qvh_ground_truth(gt: Sequence[Query]) -> QVHGroundTruth:
 
 
 def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | None,
-                       lengths: np.ndarray | None, highlights: bool = True) -> dict[str, Any]:
+                       lengths: np.ndarray | None, highlights: bool = True,
+                       per_query: PerQuery | None = None) -> dict[str, Any]:
     """The official metrics from arrays: `pred` (Q, W) windows with scores in file order,
     `saliency` (Q, T) valid up to `lengths` (None: the predictions have none). Highlight
-    metrics only when `highlights` (a sweep that does not need them skips their cost)."""
+    metrics only when `highlights` (a sweep that does not need them skips their cost).
+    `per_query`, when given, receives each brief metric's per-query values and the queries
+    it averages over (what `harness.eval.bootstrap` resamples)."""
     pred = pred[:, :MAX_PRED_WINDOWS]
     result: dict[str, Any] = {}
     ap, iou = grouped_mr(pred, g.windows)
@@ -368,6 +379,14 @@ def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | 
     full = result["full"] = _mr_summary(ap, has_pred, iou)
     full.pop("iou")
     n_gt = g.windows.valid.sum(axis=1)
+    every = np.ones(len(iou), dtype=bool)
+    if per_query is not None:
+        for t in ("0.3", "0.5", "0.7"):
+            per_query[f"MR-full-R1@{t}"] = ((iou >= float(t)).astype(float), every)
+        per_query["MR-full-mIoU"] = (iou, every)
+        per_query["MR-full-mAP"] = (ap.mean(axis=1), has_pred)
+        per_query["MR-full-mAP@0.5"] = (ap[:, IOU_THRESHOLDS.index(0.5)], has_pred)
+        per_query["MR-full-mAP@0.75"] = (ap[:, IOU_THRESHOLDS.index(0.75)], has_pred)
     for name, (keep, sub_gt) in g.splits.items():
         # a query whose GT windows all fall in this split scores as in `full`: reuse its row
         whole = sub_gt.valid.sum(axis=1) == n_gt[keep]
@@ -378,6 +397,10 @@ def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | 
         split = _mr_summary(split_ap, has_pred[keep], split_iou)
         split.pop("iou")
         result[name] = split
+        if per_query is not None:
+            values = np.zeros(len(iou))
+            values[keep] = split_ap.mean(axis=1)
+            per_query[f"MR-{name}-mAP"] = (values, keep & has_pred)
 
     brief: dict[str, Any] = {
         "MR-full-R1@0.3": pct(float(np.mean(iou >= 0.3))),
@@ -399,7 +422,7 @@ def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | 
     elif g.labels is None or g.n_clips is None:
         notes.append("the ground truth has no saliency_scores: highlight metrics (HL-*) skipped")
     else:
-        hl = highlight_metrics_arrays(g.labels, g.n_clips, saliency, lengths)
+        hl = highlight_metrics_arrays(g.labels, g.n_clips, saliency, lengths, per_query)
         result.update(hl)
         for level, values in hl.items():
             brief[f"{level}-mAP"] = values["HL-mAP"]
@@ -411,7 +434,7 @@ def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | 
 
 
 def evaluate_qvhighlights(
-    gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]
+    gt: Sequence[Query], preds: Sequence[Mapping[str, Any]], per_query: PerQuery | None = None
 ) -> dict[str, Any]:
     """Every metric of the official QVHighlights evaluator, plus MR-full-R1@0.3 and mIoU."""
     g = qvh_ground_truth(gt)
@@ -429,7 +452,7 @@ def evaluate_qvhighlights(
     if all(have):
         lengths = np.array([len(s) for s in saliency], dtype=int)  # type: ignore[arg-type]
         scores = pad_scores(saliency, max(int(lengths.max(initial=0)), 1), 0.0)  # type: ignore[arg-type]
-    return score_qvhighlights(g, pred, scores, lengths)
+    return score_qvhighlights(g, pred, scores, lengths, per_query=per_query)
 
 
 PROTOCOLS.register("qvhighlights")(

@@ -12,7 +12,7 @@ import numpy as np
 from harness.core.errors import DataError
 from harness.core.query import Query
 from harness.eval.predictions import align
-from harness.eval.protocols import PROTOCOLS, Protocol
+from harness.eval.protocols import PROTOCOLS, PerQuery, Protocol
 from harness.eval.windows import Windows, first_window_iou, pct
 
 TOP1_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -39,16 +39,21 @@ def top1_ground_truth(gt: Sequence[Query]) -> Windows:
     return Windows.from_lists([q.windows for q in gt])
 
 
-def evaluate_top1(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def evaluate_top1(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]],
+                  per_query: PerQuery | None = None) -> dict[str, Any]:
     """Charades-STA / ActivityNet: R1@{0.3,0.5,0.7} and mIoU of the first window, all queries."""
-    return score_top1(top1_ground_truth(gt), first_windows(gt, preds))
+    return score_top1(top1_ground_truth(gt), first_windows(gt, preds), per_query=per_query)
 
 
 def score_top1(g: Windows, pred: Windows, saliency: Any = None, lengths: Any = None,
-               highlights: bool = False) -> dict[str, Any]:
+               highlights: bool = False, per_query: PerQuery | None = None) -> dict[str, Any]:
     """The top-1 metrics from arrays (saliency is not part of this protocol)."""
     first = pred[:, :1]
     iou = first_window_iou(first, g)
+    if per_query is not None:
+        every = np.ones(len(iou), dtype=bool)
+        per_query.update({f"R1@{t}": ((iou >= t).astype(float), every) for t in TOP1_THRESHOLDS})
+        per_query["mIoU"] = (iou, every)
     brief = {f"R1@{t}": pct(float(np.mean(iou >= t))) for t in TOP1_THRESHOLDS}
     brief["mIoU"] = pct(float(np.mean(iou)))
     return {

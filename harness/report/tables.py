@@ -56,7 +56,8 @@ __all__ = [
 EFFICIENCY_KEYS = frozenset({"InT_s", "GMU_GB"})  # seconds per query; peak GPU memory, GB
 
 KINDS = ("rows", "efficiency")
-_TABLE_KEYS = {"table", "title", "dataset", "paper_dataset", "base", "kind", "info", "columns", "note", "rows"}
+_TABLE_KEYS = {"table", "title", "dataset", "paper_dataset", "base", "kind", "info", "columns", "note", "rows",
+               "reference"}
 _TABLE_REQUIRED = ("table", "title", "dataset", "paper_dataset", "base", "kind", "columns", "rows")
 _ROW_KEYS = {"name", "overrides", "paper", "peer", "extra", "inferred", "base", "note", "info", "paper_dataset"}
 _CONFIG_FIELDS = frozenset(f.name for f in fields(ExperimentConfig))
@@ -113,6 +114,7 @@ class TableSpec:
     # rows computed under a declared substitution (their numbers are marked), and what stood in
     substituted: frozenset[str] = frozenset()
     substitutions: tuple[tuple[str, str], ...] = ()  # (substitution, why), e.g. ("Cq=Ca", "...")
+    reference: str | None = None  # the row others are tested against (the paper's choice)
 
     @property
     def repo_root(self) -> Path:
@@ -281,7 +283,10 @@ def _parse_table(data: Mapping[str, Any], path: Path) -> TableSpec:
             raise TableError(f"{where}, row {row.name!r} (#{i + 1}): duplicate row name")
         names.add(row.name)
         rows.append(row)
-    return replace(spec_stub, rows=tuple(rows))
+    reference = data.get("reference")
+    if reference is not None and reference not in names:
+        raise TableError(f"{where}: reference {reference!r} is not a row; rows: {', '.join(r.name for r in rows)}")
+    return replace(spec_stub, rows=tuple(rows), reference=reference)
 
 
 def _parse_row(raw: Any, index: int, spec: TableSpec) -> RowSpec:
@@ -404,6 +409,7 @@ Result = Outcome
 NOT_IN_PAPER = "not in paper"
 NO_PAPER_NUMBER = "–"  # the paper prints a dash
 NOT_REPORTED = "n/a"  # a computed row whose metrics lack this column's key
+NOT_SIGNIFICANT = "ns"
 SUBSTITUTED_MARK = "‡"  # our number was computed under a declared substitution (the paper uses †)
 
 
@@ -412,6 +418,28 @@ class _Cells:
     ours: str
     paper: str
     diff: str
+    low: str = ""  # the 95 % interval of ours, when the row's per-query results are known
+    high: str = ""
+    p: str = ""  # paired p-value against the reference row
+    ns: bool = False  # not significantly different from the reference row
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """Bootstrap intervals of our cells and paired tests against a reference row.
+
+    `cells[row][metric key] = (low, high, p)`: the 95 % interval and, for rows other than
+    the reference, the paired bootstrap p-value of the difference (None for the reference)."""
+
+    reference: str
+    cells: Mapping[str, Mapping[str, tuple[float, float, float | None]]]
+    n_resamples: int
+    seed: int
+
+    def note(self) -> str:
+        return (f"[low, high]: 95 % bootstrap interval over queries ({self.n_resamples} resamples, seed "
+                f"{self.seed}); {NOT_SIGNIFICANT}: not significantly different from row {self.reference} "
+                "(paired bootstrap, p >= 0.05).")
 
 
 @dataclass(frozen=True)
@@ -425,7 +453,7 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def _lines(spec: TableSpec, results: Mapping[str, Result]) -> list[_Line]:
+def _lines(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> list[_Line]:
     unknown = sorted(set(results) - {r.name for r in spec.rows})
     if unknown:
         raise TableError(
@@ -471,7 +499,13 @@ def _lines(spec: TableSpec, results: Mapping[str, Result]) -> list[_Line]:
             if ours_val is not None and paper_val is not None:
                 d = round(ours_val - paper_val, 2)
                 diff = f"{d + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
-            cells.append(_Cells(ours, paper, diff))
+            stats = unc.cells.get(row.name, {}).get(key) if unc is not None and ours_val is not None else None
+            if stats is not None:
+                lo, hi, p = stats
+                ns = p is not None and p >= 0.05
+                cells.append(_Cells(ours, paper, diff, _fmt(lo), _fmt(hi), "" if p is None else f"{p:.3f}", ns))
+            else:
+                cells.append(_Cells(ours, paper, diff))
         out.append(_Line(row, status, tuple(cells)))
     return out
 
@@ -480,8 +514,8 @@ def _show_dataset_column(spec: TableSpec) -> bool:
     return len({r.paper_dataset for r in spec.rows}) > 1
 
 
-def _footnotes(spec: TableSpec) -> list[str]:
-    notes = []
+def _footnotes(spec: TableSpec, unc: Uncertainty | None = None) -> list[str]:
+    notes = [unc.note()] if unc is not None else []
     if spec.note:
         notes.append(f"Note: {' '.join(spec.note.split())}")
     inferred = spec.inferred_rows()
@@ -502,7 +536,13 @@ def _header_line(spec: TableSpec) -> str:
     return line
 
 
-def render_markdown(spec: TableSpec, results: Mapping[str, Result]) -> str:
+def _with_interval(c: _Cells) -> str:
+    if not c.low:
+        return c.ours
+    return f"{c.ours} [{c.low}, {c.high}]" + (f" {NOT_SIGNIFICANT}" if c.ns else "")
+
+
+def render_markdown(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> str:
     """A GitHub Markdown table: per column ours | paper | Δ (ours - paper), notes below."""
 
     def esc(s: str) -> str:
@@ -515,23 +555,23 @@ def render_markdown(spec: TableSpec, results: Mapping[str, Result]) -> str:
     align = ["---"] * (1 + len(spec.info) + show_ds) + ["---:"] * (3 * len(spec.columns))
     lines = [f"**{esc(_header_line(spec))}**", "", "| " + " | ".join(map(esc, head)) + " |",
              "|" + "|".join(align) + "|"]  # fmt: skip
-    for line in _lines(spec, results):
+    for line in _lines(spec, results, unc):
         r = line.row
         cells = [esc(r.name) + (" \\*" if r.inferred else "")]
         cells += [esc(r.info.get(i) or "") for i in spec.info]
         if show_ds:
             cells.append(esc(r.paper_dataset))
         for c in line.cells:
-            cells += [esc(c.ours), esc(c.paper), esc(c.diff)]
+            cells += [esc(_with_interval(c)), esc(c.paper), esc(c.diff)]
         lines.append("| " + " | ".join(cells) + " |")
-    foot = _footnotes(spec)
+    foot = _footnotes(spec, unc)
     if foot:
         lines.append("")
         lines += [esc(f).replace("* Inferred", "\\* Inferred", 1) + "  " for f in foot]
     return "\n".join(lines) + "\n"
 
 
-def render_csv(spec: TableSpec, results: Mapping[str, Result]) -> str:
+def render_csv(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> str:
     """One rectangular CSV: a header row, then one row per table row (no comment lines, so
     any CSV reader takes it). Paper "–" cells are empty; our cells hold a number or a reason."""
     buf = io.StringIO()
@@ -539,15 +579,19 @@ def render_csv(spec: TableSpec, results: Mapping[str, Result]) -> str:
     head = ["table", "row", "inferred", "peer", "extra", *spec.info, "paper_dataset", "status"]
     for col in spec.columns:
         head += [f"{col} ours", f"{col} paper", f"{col} diff"]
+        if unc is not None:
+            head += [f"{col} ci low", f"{col} ci high", f"{col} p vs {unc.reference}"]
     head += ["note", "substituted"]
     w.writerow(head)
-    for line in _lines(spec, results):
+    for line in _lines(spec, results, unc):
         r = line.row
         rec = [spec.id, r.name, str(r.inferred).lower(), str(r.peer).lower(), str(r.extra).lower()]
         rec += [r.info.get(i) or "" for i in spec.info]
         rec += [r.paper_dataset, line.status]
         for c in line.cells:
             rec += [c.ours, "" if c.paper == NO_PAPER_NUMBER else c.paper, c.diff]
+            if unc is not None:
+                rec += [c.low, c.high, c.p]
         rec += [r.note or "", "true" if r.name in spec.substituted else "false"]
         w.writerow(rec)
     return buf.getvalue()
@@ -564,7 +608,7 @@ def _tex(s: str) -> str:
     return "".join(_TEX_SPECIAL.get(ch, ch) for ch in s)
 
 
-def render_latex(spec: TableSpec, results: Mapping[str, Result]) -> str:
+def render_latex(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> str:
     """A `table` float with a plain `tabular` (no package beyond amssymb for \\checkmark)."""
     show_ds = _show_dataset_column(spec)
     n_left = 1 + len(spec.info) + show_ds
@@ -582,7 +626,7 @@ def render_latex(spec: TableSpec, results: Mapping[str, Result]) -> str:
         " & ".join(second) + r" \\",
         r"\hline",
     ]
-    for line in _lines(spec, results):
+    for line in _lines(spec, results, unc):
         r = line.row
         cells = [_tex(r.name) + (r"$^{*}$" if r.inferred else "")]
         cells += [_tex(r.info.get(i) or "") for i in spec.info]
@@ -590,10 +634,12 @@ def render_latex(spec: TableSpec, results: Mapping[str, Result]) -> str:
             cells.append(_tex(r.paper_dataset))
         for c in line.cells:
             ours = _tex(c.ours) if line.status == "ok" else rf"\textit{{{_tex(c.ours)}}}"
+            if c.low:
+                ours += rf" {{\scriptsize [{c.low}, {c.high}]}}" + (rf"$^{{{NOT_SIGNIFICANT}}}$" if c.ns else "")
             cells += [ours, _tex(c.paper), _tex(c.diff)]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\hline", r"\end{tabular}"]
-    foot = _footnotes(spec)
+    foot = _footnotes(spec, unc)
     if foot:
         out.append(r"\par\smallskip\footnotesize")
         out += [_tex(f).replace("* Inferred", r"$^{*}$ Inferred", 1) + r"\par" for f in foot]
@@ -601,10 +647,10 @@ def render_latex(spec: TableSpec, results: Mapping[str, Result]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_all(spec: TableSpec, results: Mapping[str, Result]) -> dict[str, str]:
+def render_all(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> dict[str, str]:
     """All three renderings, keyed by file extension ("md", "csv", "tex")."""
     return {
-        "md": render_markdown(spec, results),
-        "csv": render_csv(spec, results),
-        "tex": render_latex(spec, results),
+        "md": render_markdown(spec, results, unc),
+        "csv": render_csv(spec, results, unc),
+        "tex": render_latex(spec, results, unc),
     }

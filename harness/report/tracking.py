@@ -191,15 +191,17 @@ class Tracker:
 
     def finish_pending(self, run_id: str) -> None:
         """Send what a run buffered without ending it (a parent run, open for its children)."""
-        from mlflow.entities import Param, RunTag  # lazy: heavy optional (mlflow)
+        from mlflow.entities import Metric, Param, RunTag  # lazy: heavy optional (mlflow)
 
         pending = self._pending.pop(run_id, _Pending())
         params = [Param(k, v) for k, v in pending.params.items()]
         tags = [RunTag(k, v) for k, v in pending.tags.items()]
+        metrics = [Metric(k, v, ms, step) for k, v, ms, step in pending.metrics]
         existing = self.client.get_run(run_id).data.params
         params = [p for p in params if p.key not in existing]  # params are immutable once logged
-        for i in range(0, max(len(params), len(tags)), 100):
-            self.client.log_batch(run_id, params=params[i:i + 100], tags=tags[i:i + 100])
+        for i in range(0, max(len(params), len(tags), len(metrics)), 100):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100],
+                                  tags=tags[i:i + 100])
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str = "eval") -> None:
         """The run's dataset as an MLflow input (the Dataset column of the runs table)."""

@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -39,12 +40,20 @@ from harness.core.errors import DataFileMissing
 from harness.core.io import atomic_write_text, canonical_json, sha256_hex
 from harness.core.results import Failed, Missing, MissingInputs, Outcome, SameAs
 from harness.data.spec import dataset_spec, source_digest
-from harness.eval.protocols import brief
+from harness.eval.bootstrap import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    compare,
+    intervals,
+    load_per_query,
+    save_per_query,
+)
+from harness.eval.protocols import PerQuery, brief
 from harness.eval.top1 import top1_ious
 from harness.method.sources import Prepared
 from harness.method.substitutions import parse_substitutions
 from harness.report import plots
-from harness.report.tables import TableSpec, load_table, render_all, row_config
+from harness.report.tables import TableSpec, Uncertainty, load_table, render_all, row_config
 from harness.report.tracking import (
     Tracker,
     evaluator_key,
@@ -55,6 +64,9 @@ from harness.report.tracking import (
 from harness.runner import studies
 from harness.runner.settings import DEMO_OVERRIDES, Pools, Settings
 from harness.runner.trial import SUBSTITUTIONS_TAG, get_or_substitute, ground_truth_gap, trial
+
+REFERENCE_TAG = "granalign.reference_row"  # the row a table's paired tests compare against
+BOOTSTRAP_TAG = "granalign.bootstrap"  # "<resamples>/<seed>" of the intervals on a row's run
 
 FAIL_ROWS_ENV = "GRANALIGN_TEST_FAIL_ROWS"  # test hook: comma list of rows that raise
 
@@ -222,8 +234,13 @@ class RowWorker:
                 raise RuntimeError(f"injected failure ({FAIL_ROWS_ENV})")
             pool = self.pools(cfg.dataset)
             prep = pool.get(cfg)
+            per_query: PerQuery = {}
             res = trial(prep, cfg, return_predictions=self.settings.artifacts,
-                        highlights=any(k.startswith("HL-") for k in self.spec.columns.values()))
+                        highlights=any(k.startswith("HL-") for k in self.spec.columns.values()),
+                        per_query=per_query)
+            pq_path = per_query_path(self.settings, self.study_name, row, cfg)
+            save_per_query(pq_path, per_query)  # what the table's intervals and tests resample
+            t.set_user_attr("per_query", str(pq_path))
             if not self.settings.artifacts:
                 res = {"metrics": res}
             metrics = brief(res["metrics"])
@@ -394,11 +411,83 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
     _log_unavailable_rows(tracker, parent_id, spec, configs, {**missing, **same})
     shown = dataclasses.replace(effective_spec(spec, settings), substituted=substituted_rows,
                                 substitutions=tuple((str(x), x.reason) for x in subs))
-    rendered = render_all(shown, results)
+    unc = uncertainty(spec, done)
+    if unc is not None:
+        _log_uncertainty(tracker, done, unc)
+    rendered = render_all(shown, results, unc)
     _write_table(spec, rendered, settings, tracker, parent_id, results, configs)
     computed = len([r for r in todo if r in done])
     return TableRun(spec, results, rendered, computed, len(done) - computed,
                     time.perf_counter() - t0, name, parent_id)
+
+
+def per_query_path(settings: Settings, study: str, row: str, cfg: ExperimentConfig) -> Path:
+    """Where a row's per-query results are kept: under the output folder, by study and row."""
+    safe = re.sub(r"[^\w.+=-]+", "_", row)
+    return Path(settings.out_dir) / "tables" / "per_query" / study / f"{safe}-{cfg.hash()[:8]}.npz"
+
+
+def uncertainty(spec: TableSpec, done: Mapping[str, Any], n_resamples: int = DEFAULT_RESAMPLES,
+                seed: int = DEFAULT_SEED) -> Uncertainty | None:
+    """95 % intervals of every computed cell, and paired tests of each row against the
+    table's reference row (its `reference`, else the first computed row), from the rows'
+    per-query results. Rows whose results are not on this machine have no interval."""
+    per_query = {}
+    for row, t in done.items():
+        path = Path(t.user_attrs.get("per_query", ""))
+        if path.is_file():
+            per_query[row] = load_per_query(path)
+    if not per_query:
+        return None
+    order = [r.name for r in spec.rows if r.name in per_query]
+    reference = spec.reference if spec.reference in per_query else order[0]
+    keys = set(spec.columns.values())
+    cells: dict[str, dict[str, tuple[float, float, float | None]]] = {}
+    ref = {k: v for k, v in per_query[reference].items() if k in keys}
+    for row in order:
+        mine = {k: v for k, v in per_query[row].items() if k in keys}
+        ci = intervals(mine, n_resamples, seed)
+        tests = compare(ref, mine, n_resamples, seed) if row != reference and len(
+            next(iter(mine.values()))[0]) == len(next(iter(ref.values()))[0]) else {}
+        cells[row] = {k: (v.low, v.high, tests[k].p if k in tests else None) for k, v in ci.items()}
+    return Uncertainty(reference, cells, n_resamples, seed)
+
+
+def _log_uncertainty(tracker: Tracker, done: Mapping[str, Any], unc: Uncertainty) -> None:
+    """Each row's intervals (and p-values) as metrics of its MLflow run."""
+    for row, stats in unc.cells.items():
+        run_id = done[row].user_attrs.get("mlflow_run_id")
+        if not run_id:
+            continue
+        metrics: dict[str, float] = {}
+        for key, (lo, hi, p) in stats.items():
+            metrics[f"{metric_key(key)}_ci_low"] = lo
+            metrics[f"{metric_key(key)}_ci_high"] = hi
+            if p is not None:
+                metrics[f"{metric_key(key)}_p_vs_reference"] = p
+        tracker.log_metrics(run_id, metrics)
+        tracker.set_tags(run_id, {REFERENCE_TAG: unc.reference, BOOTSTRAP_TAG: f"{unc.n_resamples}/{unc.seed}"})
+        tracker.finish_pending(run_id)
+
+
+def _uncertainty_from_runs(spec: TableSpec, runs: Mapping[str, Any]) -> Uncertainty | None:
+    """The intervals and p-values `_log_uncertainty` put on the rows' MLflow runs."""
+    cells: dict[str, dict[str, tuple[float, float, float | None]]] = {}
+    reference, setup = None, None
+    for row, run in runs.items():
+        m, tags = run.data.metrics, run.data.tags
+        if REFERENCE_TAG not in tags:
+            continue
+        reference, setup = tags[REFERENCE_TAG], tags.get(BOOTSTRAP_TAG, f"{DEFAULT_RESAMPLES}/{DEFAULT_SEED}")
+        cells[row] = {
+            key: (m[f"{metric_key(key)}_ci_low"], m[f"{metric_key(key)}_ci_high"],
+                  m.get(f"{metric_key(key)}_p_vs_reference"))
+            for key in spec.columns.values() if f"{metric_key(key)}_ci_low" in m
+        }
+    if reference is None or setup is None:
+        return None
+    n, seed = (int(x) for x in setup.split("/"))
+    return Uncertainty(reference, cells, n, seed)
 
 
 def _log_unavailable_rows(tracker: Tracker, parent_id: str, spec: TableSpec,
@@ -463,6 +552,7 @@ def table_from_mlflow(table: str, settings: Settings, echo: bool = True) -> dict
         raise LookupError(f"no MLflow parent run for table {spec.id} (study {name}) at {tracker.uri}")
     results: dict[str, Outcome] = {}
     substituted: set[str] = set()
+    finished: dict[str, Any] = {}
     for run in sorted(tracker.children(parent), key=lambda r: r.info.start_time):
         row = run.data.tags.get("row")
         if row is None:
@@ -474,6 +564,7 @@ def table_from_mlflow(table: str, settings: Settings, echo: bool = True) -> dict
             results.setdefault(row, SameAs(run.data.tags["same_as"]))
         elif run.info.status == "FINISHED":
             results[row] = {evaluator_key(k): v for k, v in run.data.metrics.items()}
+            finished[row] = run
             if SUBSTITUTIONS_TAG in run.data.tags:
                 substituted.add(row)
         elif run.info.status == "FAILED" and not isinstance(results.get(row), Mapping):
@@ -481,7 +572,7 @@ def table_from_mlflow(table: str, settings: Settings, echo: bool = True) -> dict
     subs = parse_substitutions(settings.substitutions)
     shown = dataclasses.replace(effective_spec(spec, settings), substituted=frozenset(substituted),
                                 substitutions=tuple((str(x), x.reason) for x in subs))
-    rendered = render_all(shown, results)
+    rendered = render_all(shown, results, _uncertainty_from_runs(spec, finished))
     if echo:
         print(rendered["md"])
     return rendered

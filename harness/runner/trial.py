@@ -26,7 +26,7 @@ from harness.core.provenance import git_commit, package_versions
 from harness.core.query import Dataset
 from harness.core.results import Missing, MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
-from harness.eval.protocols import protocol_of
+from harness.eval.protocols import PerQuery, protocol_of
 from harness.eval.windows import Windows
 from harness.method.recipes import Predictions, predict
 from harness.method.scoring import Pair, resolve_pairing
@@ -114,22 +114,25 @@ def predictions(prep: Prepared, cfg: ExperimentConfig) -> list[dict[str, Any]]:
     return predict(prep, cfg).rows(prep.queries)
 
 
-def score(prep: Prepared, cfg: ExperimentConfig, preds: Predictions, highlights: bool = True) -> dict[str, Any]:
+def score(prep: Prepared, cfg: ExperimentConfig, preds: Predictions, highlights: bool = True,
+          per_query: PerQuery | None = None) -> dict[str, Any]:
     """Evaluate predicted arrays as their file would be evaluated (same rounding), with the
-    ground truth's arrays built once per prepared split."""
+    ground truth's arrays built once per prepared split (`per_query`: see the protocols)."""
     protocol = protocol_of(cfg.dataset)
     gt = prep.memo(("ground truth", protocol.name), lambda: protocol.ground_truth(prep.queries))
     windows, scores, saliency = preds.as_written()
-    return protocol.score(gt, Windows(windows, preds.valid, scores), saliency, preds.n_frames, highlights)
+    return protocol.score(gt, Windows(windows, preds.valid, scores), saliency, preds.n_frames, highlights,
+                          per_query=per_query)
 
 
 def trial(prep: Prepared, cfg: ExperimentConfig, return_predictions: bool = False,
-          highlights: bool = True) -> dict[str, Any]:
+          highlights: bool = True, per_query: PerQuery | None = None) -> dict[str, Any]:
     """Metrics of one config on already-prepared inputs: no file reads, no embedding, no
     JSON (rows are built only with `return_predictions`). `highlights=False` skips the
-    highlight metrics (a sweep or table that does not report them)."""
+    highlight metrics (a sweep or table that does not report them); `per_query` receives
+    each metric's per-query values (what confidence intervals resample)."""
     preds = predict(prep, cfg)
-    metrics = score(prep, cfg, preds, highlights)
+    metrics = score(prep, cfg, preds, highlights, per_query)
     if return_predictions:
         return {"metrics": metrics, "predictions": preds.rows(prep.queries)}
     return metrics
