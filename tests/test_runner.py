@@ -171,6 +171,22 @@ def test_table3_second_run_computes_nothing(table3: tuple[Settings, Any, Any]) -
     assert len(parents) == 1 and len(children) == 10
 
 
+def test_intervals_of_rows_without_per_query_files_are_computed_again(table3: tuple[Settings, Any, Any]) -> None:
+    """Rows finished before per-query files existed (or on another machine) still get their
+    intervals, the same ones, without a second trial or run."""
+    import shutil
+
+    settings, first, _ = table3
+    folder = Path(settings.out_dir) / "tables" / "per_query"
+    assert len(list(folder.rglob("*.npz"))) == 10
+    shutil.rmtree(folder)
+    again = run_table("3", settings, echo=False)
+    assert again.computed == 0 and again.rendered == first.rendered
+    assert len(list(folder.rglob("*.npz"))) == 10
+    parents, children = runs_of(settings, "table-3")
+    assert len(parents) == 1 and len(children) == 10
+
+
 def test_table_from_mlflow_renders_the_same(table3: tuple[Settings, Any, Any]) -> None:
     settings, run, _ = table3
     assert table_from_mlflow("3", settings, echo=False) == run.rendered

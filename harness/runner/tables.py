@@ -240,7 +240,6 @@ class RowWorker:
                         per_query=per_query)
             pq_path = per_query_path(self.settings, self.study_name, row, cfg)
             save_per_query(pq_path, per_query)  # what the table's intervals and tests resample
-            t.set_user_attr("per_query", str(pq_path))
             if not self.settings.artifacts:
                 res = {"metrics": res}
             metrics = brief(res["metrics"])
@@ -411,7 +410,7 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
     _log_unavailable_rows(tracker, parent_id, spec, configs, {**missing, **same})
     shown = dataclasses.replace(effective_spec(spec, settings), substituted=substituted_rows,
                                 substitutions=tuple((str(x), x.reason) for x in subs))
-    unc = uncertainty(spec, done)
+    unc = uncertainty(spec, row_per_query(spec, settings, name, {r: compute[r] for r in done}, pools))
     if unc is not None:
         _log_uncertainty(tracker, done, unc)
     rendered = render_all(shown, results, unc)
@@ -427,16 +426,34 @@ def per_query_path(settings: Settings, study: str, row: str, cfg: ExperimentConf
     return Path(settings.out_dir) / "tables" / "per_query" / study / f"{safe}-{cfg.hash()[:8]}.npz"
 
 
-def uncertainty(spec: TableSpec, done: Mapping[str, Any], n_resamples: int = DEFAULT_RESAMPLES,
+def row_per_query(spec: TableSpec, settings: Settings, study: str, configs: Mapping[str, ExperimentConfig],
+                  pools: Pools) -> dict[str, PerQuery]:
+    """Each computed row's per-query results: the file its worker saved, or (a row computed
+    before per-query files existed, or on another machine) computed again here from the
+    cache, which is pure computation and logs nothing. Rows whose inputs are not on this
+    machine are left out."""
+    out: dict[str, PerQuery] = {}
+    highlights = any(k.startswith("HL-") for k in spec.columns.values())
+    for row, cfg in configs.items():
+        path = per_query_path(settings, study, row, cfg)
+        if path.is_file():
+            out[row] = load_per_query(path)
+            continue
+        try:
+            pq: PerQuery = {}
+            trial(pools(cfg.dataset).get(cfg), cfg, highlights=highlights, per_query=pq)
+        except Exception:  # noqa: BLE001 - no interval for this row; its number stands
+            continue
+        save_per_query(path, pq)
+        out[row] = pq
+    return out
+
+
+def uncertainty(spec: TableSpec, per_query: Mapping[str, PerQuery], n_resamples: int = DEFAULT_RESAMPLES,
                 seed: int = DEFAULT_SEED) -> Uncertainty | None:
     """95 % intervals of every computed cell, and paired tests of each row against the
     table's reference row (its `reference`, else the first computed row), from the rows'
-    per-query results. Rows whose results are not on this machine have no interval."""
-    per_query = {}
-    for row, t in done.items():
-        path = Path(t.user_attrs.get("per_query", ""))
-        if path.is_file():
-            per_query[row] = load_per_query(path)
+    per-query results (row -> PerQuery)."""
     if not per_query:
         return None
     order = [r.name for r in spec.rows if r.name in per_query]
@@ -446,9 +463,11 @@ def uncertainty(spec: TableSpec, done: Mapping[str, Any], n_resamples: int = DEF
     ref = {k: v for k, v in per_query[reference].items() if k in keys}
     for row in order:
         mine = {k: v for k, v in per_query[row].items() if k in keys}
+        if not mine:
+            continue
         ci = intervals(mine, n_resamples, seed)
-        tests = compare(ref, mine, n_resamples, seed) if row != reference and len(
-            next(iter(mine.values()))[0]) == len(next(iter(ref.values()))[0]) else {}
+        paired = row != reference and ref and len(next(iter(mine.values()))[0]) == len(next(iter(ref.values()))[0])
+        tests = compare(ref, mine, n_resamples, seed) if paired else {}
         cells[row] = {k: (v.low, v.high, tests[k].p if k in tests else None) for k, v in ci.items()}
     return Uncertainty(reference, cells, n_resamples, seed)
 
