@@ -139,8 +139,19 @@ def test_table3_computes_and_logs_parent_and_children(table3: tuple[Settings, An
         assert tags["config_hash"] == configs[tags["row"]].hash()
         assert metrics["MR-full-mAP"] == pytest.approx(run.results[tags["row"]]["MR-full-mAP"])
         assert {"predictions.jsonl", "per_query.csv"} <= artifact_paths(settings, child.info.run_id)
-    # the rendered table is on the parent and on disk
-    assert {"table3.md", "table3.csv", "table3.tex"} <= artifact_paths(settings, run.parent_run_id)
+        # what MLflow's UI shows: the Dataset column, the source and its commit
+        (ds,) = [d.dataset for d in child.inputs.dataset_inputs]
+        assert ds.name == "demo:val" and len(ds.digest) >= 8 and ds.source
+        assert tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.source.git.commit"] == tags["git_commit"].removesuffix("+dirty")
+    # the UI opens the experiment on its runs table (classic ML), not on GenAI traces
+    exp = client(settings).get_experiment_by_name("table-3")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # the rendered table is on the parent (also as an MLflow table) and on disk
+    assert {"table3.md", "table3.csv", "table3.tex", "table3.json"} <= artifact_paths(settings, run.parent_run_id)
+    shown = json.loads(client(settings).download_artifacts(run.parent_run_id, "table3.json", settings.out_dir)
+                       and (Path(settings.out_dir) / "table3.json").read_text())
+    assert len(shown["data"]) == 10 and "row" in shown["columns"]
     assert (Path(settings.out_dir) / "tables" / "table3-demo.md").read_text() == run.rendered["md"]
     assert "SYNTHETIC" in run.rendered["md"]
     # every computed cell has its bootstrap interval; rows are tested against GranAlign's row
@@ -159,6 +170,22 @@ def test_table3_computes_and_logs_parent_and_children(table3: tuple[Settings, An
     assert "MR-full-mAP_p_vs_reference" in by_row["q-Ca"].data.metrics
     assert "MR-full-mAP_p_vs_reference" not in by_row[reference].data.metrics
     assert by_row["q-Ca"].data.tags["granalign.bootstrap"] == "1000/0"
+
+
+def test_a_table_rendered_again_is_not_appended_to_its_mlflow_table(tmp_path: Path) -> None:
+    from harness.report.tracking import Tracker
+
+    tracker = Tracker("table-x", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracker.client.create_run(tracker.experiment_id).info.run_id
+    rows = [{"row": "a", "R1": "1.00"}, {"row": "b", "R1": "2.00"}]
+    assert tracker.log_table(parent, rows, "t.json") == "t.json"
+    assert tracker.log_table(parent, rows, "t.json") is None  # unchanged: not logged again
+    assert tracker.log_table(parent, rows[:1], "t.json") == "t.v2.json"  # changed: a new version
+    for path, n in (("t.json", 2), ("t.v2.json", 1)):
+        local = tracker.client.download_artifacts(parent, path, str(tmp_path))
+        assert len(json.loads(Path(local).read_text())["data"]) == n
+
+
 
 
 def test_table3_second_run_computes_nothing(table3: tuple[Settings, Any, Any]) -> None:
@@ -185,6 +212,17 @@ def test_intervals_of_rows_without_per_query_files_are_computed_again(table3: tu
     assert len(list(folder.rglob("*.npz"))) == 10
     parents, children = runs_of(settings, "table-3")
     assert len(parents) == 1 and len(children) == 10
+
+
+def test_an_experiment_made_without_its_kind_gets_it(tmp_path: Path) -> None:
+    from harness.report.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = client(Settings(tracking_uri=uri))
+    exp_id = c.create_experiment("table-old")
+    assert "mlflow.experimentKind" not in c.get_experiment(exp_id).tags
+    Tracker("table-old", uri)
+    assert c.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_table_from_mlflow_renders_the_same(table3: tuple[Settings, Any, Any]) -> None:

@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.io import canonical_json, sha256_hex
 from harness.core.provenance import git_commit, package_versions
 from harness.data.spec import dataset_spec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CLASSIC_ML_KIND = "custom_model_development"
+TABLE_TAG = "granalign.table_artifact"  # <stem>.<version> -> "<path>:<digest of its rows>"
 STUDY_TAG = "granalign.study"
 KIND_TAG = "granalign.kind"  # parent | row | trial
 
@@ -120,6 +122,8 @@ class Tracker:
                 self.experiment_id = exp.experiment_id
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older version, or by hand
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML_KIND)
         self.experiment = experiment
         self._pending: dict[str, _Pending] = {}
         self._studies: dict[str, str] = {}  # parent run id -> its study tag
@@ -207,11 +211,25 @@ class Tracker:
         """The run's dataset as an MLflow input (the Dataset column of the runs table)."""
         self._buffer(run_id).inputs.append({"name": name, "digest": digest, "source": source, "context": context})
 
-    def log_table(self, run_id: str, rows: list[dict[str, Any]], path: str) -> None:
-        """A rendered table as an MLflow table artifact (shown as a table in the UI)."""
+    def log_table(self, run_id: str, rows: list[dict[str, Any]], path: str) -> str | None:
+        """A rendered table as an MLflow table artifact (shown as a table in the UI).
+
+        MLflow appends to a table artifact that exists, so a table rendered again on the
+        same parent run must not reuse the file: an unchanged table is not logged again, a
+        changed one goes to the next version (`table3.json`, `table3.v2.json`, ...). Returns
+        the path logged, or None when the run already holds this table."""
         import pandas as pd  # lazy: heavy optional (pandas, with mlflow)
 
-        self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=path)
+        digest = sha256_hex(canonical_json(rows))[:16]
+        run = self.client.get_run(run_id)
+        stem, ext = path.rsplit(".", 1)
+        logged = [t for k, t in run.data.tags.items() if k.startswith(f"{TABLE_TAG}.{stem}")]
+        if any(t.endswith(f":{digest}") for t in logged):
+            return None
+        target = path if not logged else f"{stem}.v{len(logged) + 1}.{ext}"
+        self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=target)
+        self.client.set_tag(run_id, f"{TABLE_TAG}.{stem}.{len(logged) + 1}", f"{target}:{digest}")
+        return target
 
     def _buffer(self, run_id: str) -> _Pending:
         return self._pending.setdefault(run_id, _Pending())

@@ -410,7 +410,10 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
     _log_unavailable_rows(tracker, parent_id, spec, configs, {**missing, **same})
     shown = dataclasses.replace(effective_spec(spec, settings), substituted=substituted_rows,
                                 substitutions=tuple((str(x), x.reason) for x in subs))
-    unc = uncertainty(spec, row_per_query(spec, settings, name, {r: compute[r] for r in done}, pools))
+    # the table's reference row, or the row it is the same computation as (a substitution)
+    reference = same[spec.reference].row if spec.reference in same else spec.reference
+    unc = uncertainty(spec, row_per_query(spec, settings, name, {r: compute[r] for r in done}, pools),
+                      reference=reference)
     if unc is not None:
         _log_uncertainty(tracker, done, unc)
     rendered = render_all(shown, results, unc)
@@ -450,14 +453,15 @@ def row_per_query(spec: TableSpec, settings: Settings, study: str, configs: Mapp
 
 
 def uncertainty(spec: TableSpec, per_query: Mapping[str, PerQuery], n_resamples: int = DEFAULT_RESAMPLES,
-                seed: int = DEFAULT_SEED) -> Uncertainty | None:
+                seed: int = DEFAULT_SEED, reference: str | None = None) -> Uncertainty | None:
     """95 % intervals of every computed cell, and paired tests of each row against the
-    table's reference row (its `reference`, else the first computed row), from the rows'
-    per-query results (row -> PerQuery)."""
+    reference row (`reference`, else the table's, else the first computed row), from the
+    rows' per-query results (row -> PerQuery)."""
     if not per_query:
         return None
     order = [r.name for r in spec.rows if r.name in per_query]
-    reference = spec.reference if spec.reference in per_query else order[0]
+    reference = reference or spec.reference
+    reference = reference if reference in per_query else order[0]
     keys = set(spec.columns.values())
     cells: dict[str, dict[str, tuple[float, float, float | None]]] = {}
     ref = {k: v for k, v in per_query[reference].items() if k in keys}
