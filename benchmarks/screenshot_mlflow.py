@@ -80,6 +80,10 @@ def main() -> int:
     parent = parents[0]
     rows = sorted({r.data.tags["row"] for r in runs if r.data.tags.get("mlflow.parentRunId") ==
                    parent.info.run_id and "row" in r.data.tags})
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                and r.data.tags.get("status") == "ok"]
+    ref = parent.data.tags.get("granalign.reference_row")
+    child = next((r for r in children if r.data.tags.get("row") == ref), children[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -94,10 +98,17 @@ def main() -> int:
         t0 = time.perf_counter()
         wait_for(f"{root}/health")
         print(f"mlflow ui up on {root} in {time.perf_counter() - t0:.1f} s (pid {server.pid})")
+        ml = "?workflowType=machine_learning"  # the "Model training" view, not GenAI's
         pages = {
-            "runs": f"{root}/#/experiments/{exp.experiment_id}",
-            "parent": f"{root}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}",
-            "artifacts": f"{root}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts",
+            "home": f"{root}/#/experiments/{exp.experiment_id}",
+            "runs": f"{root}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning",
+            # the rows' runs, flat (a search shows matching child runs without their parent)
+            "rows": f"{root}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                    "&searchFilter=tags.granalign.kind%20%3D%20%27row%27",
+            "parent": f"{root}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}{ml}",
+            "artifacts": f"{root}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/"
+                         f"table{args.table}.json{ml}",
+            "row": f"{root}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/model-metrics{ml}",
         }
         for name, url in pages.items():
             png = out / f"mlflow_table{args.table}_{name}.png"

@@ -144,6 +144,9 @@ def test_table3_computes_and_logs_parent_and_children(table3: tuple[Settings, An
         assert ds.name == "demo:val" and len(ds.digest) >= 8 and ds.source
         assert tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
         assert tags["mlflow.source.git.commit"] == tags["git_commit"].removesuffix("+dirty")
+    parent = client(settings).get_run(run.parent_run_id)
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["demo:val"]
+    assert parent.data.tags["mlflow.source.name"] and parent.data.tags["mlflow.source.git.commit"]
     # the UI opens the experiment on its runs table (classic ML), not on GenAI traces
     exp = client(settings).get_experiment_by_name("table-3")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -194,6 +197,8 @@ def test_table3_second_run_computes_nothing(table3: tuple[Settings, Any, Any]) -
     assert second.results == first.results
     assert second.rendered == first.rendered
     assert second.parent_run_id == first.parent_run_id
+    parent = client(settings).get_run(first.parent_run_id)
+    assert len(parent.inputs.dataset_inputs) == 1  # not logged again
     parents, children = runs_of(settings, "table-3")
     assert len(parents) == 1 and len(children) == 10
 
@@ -212,6 +217,20 @@ def test_intervals_of_rows_without_per_query_files_are_computed_again(table3: tu
     assert len(list(folder.rglob("*.npz"))) == 10
     parents, children = runs_of(settings, "table-3")
     assert len(parents) == 1 and len(children) == 10
+
+
+def test_source_tags_name_the_command_and_mask_url_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.report.tracking import redact, source_tags
+
+    monkeypatch.setattr("sys.argv", ["/x/.venv/bin/granalign", "table", "3", "--storage",
+                                     "postgresql://ana:pw@db/g", "--set", "lam=0.2"])
+    tags = source_tags()
+    assert tags["mlflow.source.name"] == "granalign table 3"
+    assert tags["granalign.command"] == "granalign table 3 --storage postgresql://ana:***@db/g --set lam=0.2"
+
+    assert redact("granalign sweep s.yaml --storage postgresql://ana:s3cr:et@db:5432/g --workers 2") == (
+        "granalign sweep s.yaml --storage postgresql://ana:***@db:5432/g --workers 2")
+    assert redact("sqlite:///optuna.db http://host:5000") == "sqlite:///optuna.db http://host:5000"
 
 
 def test_an_experiment_made_without_its_kind_gets_it(tmp_path: Path) -> None:

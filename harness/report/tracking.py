@@ -150,7 +150,7 @@ class Tracker:
         if run_id is None:
             run = self.client.create_run(
                 self.experiment_id, run_name=name,
-                tags={**tags, STUDY_TAG: study, KIND_TAG: "parent"},
+                tags={**source_tags(), **tags, STUDY_TAG: study, KIND_TAG: "parent"},
             )
             run_id = run.info.run_id
         return run_id
@@ -337,10 +337,42 @@ class RunWriter:
             raise RuntimeError(f"the MLflow writer process exited with {self.process.exitcode}")
 
 
-def source_name() -> str:
-    """What started this run: the granalign command line (or the Python entry point)."""
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it (`scheme://user:password@host`) masked."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def command_line() -> str:
+    """What started this run: the granalign command line (or the Python entry point), with
+    any password in a URL masked (the storage URL may carry one)."""
     argv = [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:]]
-    return " ".join(argv)[:500]
+    return redact(" ".join(argv))[:5000]
+
+
+def source_name() -> str:
+    """The command without its paths and options (`granalign table 3`): MLflow's Source
+    column shows the last path component of the source name, so a path would hide it."""
+    argv = [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:]]
+    words = []
+    for word in argv:
+        if word.startswith("-") or "/" in word or ":" in word:
+            break
+        words.append(word)
+    return " ".join(words)[:500]
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags (the runs table's Source and Version columns) and the whole
+    command line."""
+    return {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": source_name(),
+        "mlflow.source.git.commit": git_commit().removesuffix("+dirty"),
+        "granalign.command": command_line(),
+    }
 
 
 def provenance_tags(
@@ -354,10 +386,7 @@ def provenance_tags(
         "synthetic": str(dataset_spec(dataset).synthetic).lower(),
         "git_commit": commit,
         "package_versions": json.dumps(package_versions(), sort_keys=True),
-        # MLflow's own source tags: the runs table shows them (Source, Version columns)
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": source_name(),
-        "mlflow.source.git.commit": commit.removesuffix("+dirty"),
+        **source_tags(),
     }
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags

@@ -410,6 +410,7 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
     _log_unavailable_rows(tracker, parent_id, spec, configs, {**missing, **same})
     shown = dataclasses.replace(effective_spec(spec, settings), substituted=substituted_rows,
                                 substitutions=tuple((str(x), x.reason) for x in subs))
+    _log_parent_datasets(tracker, parent_id, pools, compute)
     # the table's reference row, or the row it is the same computation as (a substitution)
     reference = same[spec.reference].row if spec.reference in same else spec.reference
     unc = uncertainty(spec, row_per_query(spec, settings, name, {r: compute[r] for r in done}, pools),
@@ -511,6 +512,18 @@ def _uncertainty_from_runs(spec: TableSpec, runs: Mapping[str, Any]) -> Uncertai
         return None
     n, seed = (int(x) for x in setup.split("/"))
     return Uncertainty(reference, cells, n, seed)
+
+
+def _log_parent_datasets(tracker: Tracker, parent_id: str, pools: Pools,
+                         configs: Mapping[str, ExperimentConfig]) -> None:
+    """The table's datasets as inputs of its parent run too (the parent's Dataset column),
+    once per parent."""
+    have = {d.dataset.name for d in tracker.client.get_run(parent_id).inputs.dataset_inputs}
+    for name, limit in sorted({(c.dataset, c.limit) for c in configs.values()}, key=str):
+        ds = pools(name).dataset(name, limit)
+        if ds.label not in have:
+            have.add(ds.label)
+            tracker.log_dataset(parent_id, ds.label, source_digest(ds), ds.source)
 
 
 def _log_unavailable_rows(tracker: Tracker, parent_id: str, spec: TableSpec,
