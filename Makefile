@@ -73,7 +73,9 @@ ablations: cache-qvh
 sweep: cache-qvh
 	$(GRANALIGN) sweep $(SPACE) --n-trials $(N_TRIALS) --workers $(WORKERS)
 
+# MLflow 3 opens on its GenAI view; the link below (or the "Model training" switch) shows runs
 mlflow-ui: $(STAMP)
+	@echo "runs: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui \
 	  --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 

@@ -300,7 +300,11 @@ def test_crash_mid_write_leaves_no_partial_file(cache_dir: Path, monkeypatch: py
 def test_readonly_open_of_missing_cache_errors_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=r"no cache at .*nowhere \(expected .*cache\.sqlite\)"):
-        Cache(missing, readonly=True)
+        Cache(missing, readonly=True, must_exist=True)
+    # a run reads a missing cache as an empty one (and reports what it lacks)
+    empty = Cache(missing, readonly=True)
+    assert empty.stats() == [] and empty.get(BASE, ITEM) is None
+    assert not empty.has_embeddings("emb", ["a"])
     assert not missing.exists()  # a read-only open never creates the folder
     assert main(["cache", "stats", "--cache", str(missing)]) == 2
     assert "no cache at" in capsys.readouterr().err

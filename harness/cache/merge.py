@@ -71,7 +71,7 @@ def merge_caches(sources: Sequence[str | Path], into: str | Path, progress: bool
     target = Cache(into)
     report = MergeReport(str(target.root), [str(s) for s in sources])
     for src_path in sources:
-        src = Cache(src_path, readonly=True)
+        src = Cache(src_path, readonly=True, must_exist=True)
         if src.root.resolve() == target.root.resolve():
             raise HarnessError(f"cannot merge {src.root} into itself")
         _merge_entries(src, target, report, progress)

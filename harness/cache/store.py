@@ -31,6 +31,7 @@ from harness.core.faults import fault_point
 from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
 from harness.core.registry import Registry
 from harness.core.stages import CACHE_STAGES, STAGES, stage_order
+from harness.core.stores import check_sqlite_file
 
 CACHE_ENV = "GRANALIGN_CACHE"
 DEFAULT_CACHE = Path(".granalign") / "cache"
@@ -151,15 +152,29 @@ class Cache:
     written under a temp name and renamed. Each process opens its own `Cache`.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, readonly: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, readonly: bool = False,
+                 must_exist: bool = False) -> None:
+        """`readonly`: reads only, and creates nothing: a folder without a cache reads as an
+        empty cache (a run then reports what is missing), unless `must_exist`; a cache in a
+        folder this user cannot write is read as it is."""
         self.root = Path(root) if root is not None else default_cache_dir()
         self.readonly = readonly
-        if not readonly:
-            self.root.mkdir(parents=True, exist_ok=True)
-        elif not (self.root / "cache.sqlite").exists():
-            raise FileNotFoundError(f"no cache at {self.root} (expected {self.root / 'cache.sqlite'})")
         self.db_path = self.root / "cache.sqlite"
         self.emb_dir = self.root / "embeddings"
+        self.empty = False
+        if self.root.exists() and not self.root.is_dir():
+            raise HarnessError(f"{self.root}: expected a cache folder, found a file")
+        if not readonly:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise HarnessError(f"{self.root}: cannot create the cache folder ({e.strerror})") from None
+        elif not self.db_path.exists():
+            if must_exist:
+                raise FileNotFoundError(f"no cache at {self.root} (expected {self.db_path})")
+            self.empty = True
+        if not self.empty:
+            check_sqlite_file(self.db_path, "cache database")
         self._local = threading.local()
         self._read: dict[str, str] = {}
         self._read_lock = threading.Lock()
@@ -180,9 +195,20 @@ class Cache:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None or getattr(self._local, "pid", None) != os.getpid():
-            if self.readonly:
-                con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=60)
+            if self.empty:  # an in-memory database with the schema and no rows
+                con = sqlite3.connect(":memory:")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+            elif self.readonly:
+                # a WAL database read by a user who cannot write its folder cannot make the
+                # `-shm` file that mode=ro needs: read it as immutable (nobody writes it then)
+                flags = "mode=ro" if os.access(self.root, os.W_OK) else "immutable=1"
+                con = sqlite3.connect(f"file:{self.db_path}?{flags}", uri=True, timeout=60)
             else:
+                if not os.access(self.root, os.W_OK) or (self.db_path.exists() and not os.access(self.db_path, os.W_OK)):
+                    raise HarnessError(f"{self.db_path}: the cache is read-only for this user, and this "
+                                       "command writes to it")
                 con = sqlite3.connect(self.db_path, timeout=60)
                 con.execute("PRAGMA journal_mode=WAL")
                 con.execute("PRAGMA synchronous=NORMAL")
@@ -343,6 +369,9 @@ class Cache:
         matrix = np.ascontiguousarray(matrix, dtype=np.float32)
         if matrix.ndim != 2 or matrix.shape[0] != len(texts):
             raise ValueError(f"expected a ({len(texts)}, dim) matrix, got shape {matrix.shape}")
+        if not np.isfinite(matrix).all():
+            raise ValueError(f"embedding matrix of {model} for {len(texts)} texts has non-finite values "
+                             f"(first text: {texts[0][:80]!r}); nothing was stored")
         key = self.embedding_key(model, texts)
         buf = io.BytesIO()
         np.save(buf, matrix, allow_pickle=False)
@@ -365,9 +394,9 @@ class Cache:
 
     def get_embeddings_many(self, model: str, lists: Sequence[Sequence[str]]) -> list[np.ndarray | None]:
         """The matrices of many text lists (None where not cached), read without `np.load`:
-        the row gives the shape, so the data is the file's last rows*dim*4 bytes. A file
-        whose size or mtime differs from its row is hashed; if its bytes are not the ones
-        written, the cache is corrupt and the error names the file. An empty list gives a
+        the row gives the shape, so the data is the file's last rows*dim*4 bytes. Every file
+        is hashed; if its bytes are not the ones written, the cache is corrupt and the error
+        names the file. An empty list gives a
         (0, dim) matrix."""
         keys = [self.embedding_key(model, t) for t in lists]
         known: dict[str, tuple[int, int, str, int, int]] = {}
@@ -401,18 +430,20 @@ class Cache:
         except FileNotFoundError:
             raise CacheCorrupt(f"{path}: embedding matrix missing (its row says {rows}x{dim}); "
                                "run granalign cache embed to write it again") from None
-        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-            actual = sha256_hex(data)
-            if digest and actual != digest:
-                raise CacheCorrupt(
-                    f"{path}: embedding matrix changed since it was written (sha256 {actual[:12]}, "
-                    f"expected {digest[:12]}); delete it and run granalign cache embed")
-            if not digest:  # a row from before digests were recorded: record them now
-                digest = actual
-                if not self.readonly:
-                    with self._tx() as con:
-                        con.execute("UPDATE embeddings SET digest=?, size=?, mtime_ns=? WHERE key=?",
-                                    (digest, st.st_size, st.st_mtime_ns, key))
+        # every byte read is hashed (sha256 runs at about 1.7 GB/s: 0.25 s for all of a split's
+        # mpnet matrices, once per process): a file changed in place, even with its size and
+        # mtime kept, is caught, and the fingerprint covers what was actually read
+        actual = sha256_hex(data)
+        if digest and actual != digest:
+            raise CacheCorrupt(
+                f"{path}: embedding matrix changed since it was written (sha256 {actual[:12]}, "
+                f"expected {digest[:12]}); delete it and run granalign cache embed")
+        if not digest:  # a row from before digests were recorded: record them now
+            digest = actual
+            if not self.readonly:
+                with self._tx() as con:
+                    con.execute("UPDATE embeddings SET digest=?, size=?, mtime_ns=? WHERE key=?",
+                                (digest, st.st_size, st.st_mtime_ns, key))
         n = rows * dim * 4
         if len(data) < n:
             raise CacheCorrupt(f"{path}: {len(data)} bytes, expected a {rows}x{dim} float32 matrix")

@@ -24,7 +24,7 @@ from harness.data.spec import load_dataset
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    cache = Cache(args.cache, readonly=True)
+    cache = Cache(args.cache, readonly=True, must_exist=True)
     rows = cache.stats()
     if args.json:
         print(json.dumps({"cache": str(cache.root), "entries": rows}, indent=2))
@@ -123,7 +123,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    cache = Cache(args.cache, readonly=True)
+    cache = Cache(args.cache, readonly=True, must_exist=True)
     rows = efficiency_rows(cache)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         overrides["limit"] = args.limit
     cfg = load_config(args.config, overrides)
-    cache = open_cache(cfg.dataset, args.cache)  # a synthetic dataset reads its own cache
+    cache = open_cache(cfg.dataset, args.cache, readonly=True)  # a synthetic dataset reads its own cache
     try:
         res = run_config(cfg, args.out, cache, args.data_root, parse_substitutions(args.substitute or []))
     except MissingInputs as e:

@@ -29,6 +29,14 @@ from typing import Any
 
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.provenance import git_commit, package_versions
+from harness.core.stores import (
+    MLFLOW_SCHEMES,
+    StoreError,
+    check_store_url,
+    file_lock,
+    lock_beside,
+    sqlite_path,
+)
 from harness.data.spec import dataset_spec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -41,6 +49,12 @@ KIND_TAG = "granalign.kind"  # parent | row | trial
 
 def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str | None = None, must_exist: bool = False) -> str:
+    """The tracking URI (given, `$MLFLOW_TRACKING_URI` or the default), checked before any
+    store is touched: a scheme MLflow 3 serves, and for SQLite a usable file."""
+    return check_store_url(tracking_uri(uri), "MLflow tracking store", MLFLOW_SCHEMES, must_exist)
 
 
 def metric_key(name: str) -> str:
@@ -101,13 +115,27 @@ class Tracker:
     """
 
     def __init__(self, experiment: str, uri: str | None = None, background: bool = False,
-                 sink: Any = None) -> None:
+                 sink: Any = None, create: bool = True) -> None:
+        """`create=False`: only read what is there; a store or experiment that does not exist
+        is a LookupError, and nothing is created."""
         os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow, 2 s)
 
-        self.uri = tracking_uri(uri)
-        self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        self.uri = check_tracking_uri(uri, must_exist=not create)
+        db = sqlite_path(self.uri)
+        # MLflow creates (or migrates) an SQLite store's schema on first use: two processes
+        # doing it at once fail on `_alembic_tmp_experiments`, so it happens under a lock
+        with file_lock(lock_beside(db)):
+            try:
+                self.client = MlflowClient(self.uri)
+                exp = self.client.get_experiment_by_name(experiment)
+            except Exception as e:
+                if type(e).__name__ in ("DatabaseError", "OperationalError", "MlflowException"):
+                    raise StoreError(f"{db or self.uri}: the MLflow tracking store cannot be opened "
+                                     f"({str(e).splitlines()[0][:300]})") from None
+                raise
+        if exp is None and not create:
+            raise LookupError(f"no MLflow experiment {experiment!r} at {self.uri}")
         if exp is None:
             try:
                 # the classic-ML kind: MLflow 3's UI then opens the experiment on its runs table

@@ -41,7 +41,7 @@ class Settings:
 
     def open_cache(self, dataset: str | None = None) -> Cache:
         """The cache a run on `dataset` reads (a synthetic dataset's own, built on first use)."""
-        return open_cache(DEMO_DATASET if self.demo and dataset is None else dataset, self.cache_dir)
+        return open_cache(DEMO_DATASET if self.demo and dataset is None else dataset, self.cache_dir, readonly=True)
 
 
 class Pools:

@@ -21,7 +21,6 @@ host) or whose heartbeat is older than `GRACE_PERIOD` (any host) is failed with
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import multiprocessing
 import os
 import socket
@@ -34,11 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy  # a dependency of optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.core.errors import ConfigError
 from harness.core.io import sha256_hex
+from harness.core.stores import (
+    OPTUNA_SCHEMES,
+    StoreError,
+    check_store_url,
+    file_lock,
+    lock_beside,
+    sqlite_path,
+    thread_lock,
+)
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 STORAGE_ENV = "GRANALIGN_OPTUNA_STORAGE"
@@ -46,58 +54,15 @@ WORKER_ATTR = "granalign.worker"
 HEARTBEAT_INTERVAL = 2.0  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20.0  # seconds without a heartbeat after which another host's trial is stale
 MAX_RETRY = 2
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def storage_url(url: str | None = None) -> str:
-    """The storage URL given, else `$GRANALIGN_OPTUNA_STORAGE`, else `sqlite:///optuna.db`."""
+    """The storage URL given, else `$GRANALIGN_OPTUNA_STORAGE`, else `sqlite:///optuna.db`,
+    checked: a known scheme, and for SQLite an existing folder and an SQLite file."""
     url = url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme not in RDB_SCHEMES:
-        raise ConfigError(
-            f"Optuna storage {url!r}: unknown scheme {scheme!r}; expected one of "
-            f"{', '.join(s + '://...' for s in RDB_SCHEMES)} (e.g. sqlite:///optuna.db)")
-    return url
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a `sqlite:///` URL; None for other RDBs and in-memory SQLite."""
-    if not url.startswith("sqlite:///") or url in ("sqlite://", "sqlite:///:memory:"):
-        return None
-    return Path(url[len("sqlite:///"):].split("?", 1)[0])
-
-
-# -- locks ---------------------------------------------------------------------------------------
-_THREAD_LOCK = threading.RLock()
-_HELD: dict[str, int] = {}  # lock key -> depth, while this process holds it
-
-
-@contextlib.contextmanager
-def file_lock(path: Path | None) -> Iterator[None]:
-    """An exclusive flock on `path` across processes, re-entrant within one process
-    (threads of the process are serialised too). None: a lock within the process only."""
-    with _THREAD_LOCK:
-        key = str(path)
-        if path is None or key in _HELD:
-            _HELD[key] = _HELD.get(key, 0) + 1
-            try:
-                yield
-            finally:
-                _HELD[key] -= 1
-                if not _HELD[key]:
-                    del _HELD[key]
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            _HELD[key] = 1
-            try:
-                yield
-            finally:
-                del _HELD[key]
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    return check_store_url(url, "Optuna storage", OPTUNA_SCHEMES)
 
 
 _ENGINES: dict[str, Any] = {}
@@ -108,16 +73,14 @@ def study_lock(url: str, study: str) -> Iterator[None]:
     """Exclusive across every process (and machine) that works on `study` in `url`."""
     db = sqlite_path(url)
     if db is not None or not url.startswith(("postgresql", "mysql")):
-        with file_lock(None if db is None else db.with_name(db.name + ".lock")):
+        with file_lock(lock_beside(db)):
             yield
         return
-    import sqlalchemy  # a dependency of optuna
-
     engine = _ENGINES.get(url)
     if engine is None:
         engine = _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     key = int(sha256_hex(f"granalign:{study}")[:15], 16)
-    with _THREAD_LOCK, engine.connect() as con:
+    with thread_lock(), engine.connect() as con:
         if url.startswith("postgresql"):
             con.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
             try:
@@ -136,13 +99,15 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDBStorage for `url`. A fresh SQLite database's schema is created under the
     file lock: two processes creating it at once fail on `alembic_version`."""
     db = sqlite_path(url)
-    lock = None if db is None else db.with_name(db.name + ".lock")
     kwargs: dict[str, Any] = {}
     if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"creator": _sqlite_connector(db)}
-    with file_lock(lock):
-        return optuna.storages.RDBStorage(url, **kwargs)
+    with file_lock(lock_beside(db)):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError) as e:
+            raise StoreError(f"{db or url}: the Optuna storage cannot be opened "
+                             f"({getattr(e, 'orig', None) or e})") from None
 
 
 def _sqlite_connector(db: Path) -> Callable[[], sqlite3.Connection]:

@@ -35,7 +35,13 @@ from harness.core.yaml_io import load_yaml
 from harness.data.spec import source_digest
 from harness.eval.protocols import brief, protocol_of
 from harness.method.substitutions import parse_substitutions
-from harness.report.tracking import RunWriter, Tracker, metric_key, provenance_tags
+from harness.report.tracking import (
+    RunWriter,
+    Tracker,
+    check_tracking_uri,
+    metric_key,
+    provenance_tags,
+)
 from harness.runner import studies
 from harness.runner.settings import Pools, Settings
 from harness.runner.trial import SUBSTITUTIONS_TAG, get_or_substitute, ground_truth_gap, trial
@@ -359,6 +365,7 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
     check_inputs(spec, settings)
     name = spec.study_name(settings.resolved_overrides())
     url = studies.storage_url(settings.storage)
+    check_tracking_uri(settings.tracking_uri)  # both stores checked before either is created
     study = optuna.create_study(study_name=name, storage=studies.open_storage(url),
                                 directions=[d for _, d in spec.objectives], load_if_exists=True)
     tracker = _tracker(spec, settings)

@@ -56,6 +56,7 @@ from harness.report import plots
 from harness.report.tables import TableSpec, Uncertainty, load_table, render_all, row_config
 from harness.report.tracking import (
     Tracker,
+    check_tracking_uri,
     evaluator_key,
     flatten_metrics,
     metric_key,
@@ -145,8 +146,8 @@ def _unavailable(err: Exception, dataset: str) -> Missing | None:
     return None
 
 
-def _tracker(spec: TableSpec, settings: Settings, background: bool = False) -> Tracker:
-    return Tracker(f"table-{spec.id}", settings.tracking_uri, background)
+def _tracker(spec: TableSpec, settings: Settings, background: bool = False, create: bool = True) -> Tracker:
+    return Tracker(f"table-{spec.id}", settings.tracking_uri, background, create=create)
 
 
 def _complete_rows(study: optuna.Study, configs: Mapping[str, ExperimentConfig]) -> dict[str, Any]:
@@ -321,6 +322,7 @@ def run_table(table: str, settings: Settings, echo: bool = True) -> TableRun:
     configs = row_configs(spec, settings)
     name = table_study_name(spec, settings)
     url = studies.storage_url(settings.storage)
+    check_tracking_uri(settings.tracking_uri)  # both stores checked before either is created
     study = optuna.create_study(study_name=name, storage=studies.open_storage(url),
                                 direction="maximize", load_if_exists=True)
     tracker = _tracker(spec, settings)
@@ -582,7 +584,7 @@ def table_from_mlflow(table: str, settings: Settings, echo: bool = True) -> dict
     """Render a table from what MLflow holds alone: the latest parent run and its children."""
     spec = load_table(table)
     name = table_study_name(spec, settings)
-    tracker = _tracker(spec, settings)
+    tracker = _tracker(spec, settings, create=False)  # reads only: creates no store, no experiment
     parent = tracker.find_parent(name)
     if parent is None:
         raise LookupError(f"no MLflow parent run for table {spec.id} (study {name}) at {tracker.uri}")

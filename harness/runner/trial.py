@@ -158,7 +158,7 @@ def run_config(
 
     On a split without ground truth nothing is evaluated: the predictions (and the file the
     benchmark's server takes, e.g. `hl_test_submission.jsonl`) are written, no metrics."""
-    cache = cache or Cache(readonly=False)
+    cache = cache or Cache(readonly=True)
     t0 = time.perf_counter()
     pool = InputPool(cache, data_root)
     prep, cfg = get_or_substitute(pool, cfg, substitutions)
