@@ -141,7 +141,7 @@ def test_qvhighlights_fake_root_loads(tmp_path: Path) -> None:
             r"\.jsonl:2: field 'relevant_windows' should be a non-empty list",
         ),
         ({**QV_ROW, "relevant_windows": [[1, 2, 3]]}, r"\.jsonl:2: .*expected \[start, end\]"),
-        ({**QV_ROW, "duration": 0}, r"\.jsonl:2: field 'duration' should be > 0"),
+        ({**QV_ROW, "duration": 0}, r"\.jsonl:2: field 'duration' = 0, expected seconds in \(0, 86400\]"),
         ({**QV_ROW, "saliency_scores": [[1, 2, 3]]}, r"\.jsonl:2: relevant_clip_ids has 2 entries"),
         ({**QV_ROW, "saliency_scores": [[1, 2, 3], 4]}, r"\.jsonl:2: saliency_scores\[1\] is 4"),
         ({**QV_ROW, "relevant_clip_ids": [5, "6"]}, r"\.jsonl:2: relevant_clip_ids\[1\]"),
@@ -246,7 +246,7 @@ GOOD_VIDEO = {
 
 
 def test_activitynet_fake_root_loads(tmp_path: Path) -> None:
-    root = anet_root(tmp_path, {"v_a": GOOD_VIDEO, "v_b": {**GOOD_VIDEO, "duration": 20}}, "val_2")
+    root = anet_root(tmp_path, {"v_a": GOOD_VIDEO, "v_b": {**GOOD_VIDEO, "duration": 51}}, "val_2")
     ds = load_dataset("activitynet:val_2", root)
     assert [(q.qid, q.vid, q.query) for q in ds.queries] == [
         (0, "v_a", "A man talks."),
@@ -277,7 +277,7 @@ def test_activitynet_fake_root_loads(tmp_path: Path) -> None:
             r"video v_b sentence 1: .*expected \[start, end\]",
         ),
         ({**GOOD_VIDEO, "sentences": ["ok", 7]}, r"video v_b: sentence 1 should be a string"),
-        ({**GOOD_VIDEO, "duration": -1}, r"video v_b: field 'duration' should be > 0"),
+        ({**GOOD_VIDEO, "duration": -1}, r"video v_b: field 'duration' = -1, expected seconds in \(0, 86400\]"),
         ([1, 2], r"video v_b: expected an object"),
     ],
 )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from harness import __version__
 from harness.cli import cache, ls, run, study
-from harness.core.errors import HarnessError
+from harness.core.errors import user_message
 
 COMMAND_MODULES = (cache, run, study, ls)
 
@@ -36,10 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every anticipated error (bad input, a full or read-only disk, a damaged database)
+    leaves here as one line and exit status 2; an interrupt as status 130; anything else is
+    a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (HarnessError, FileNotFoundError, ValueError, LookupError) as e:
-        print(f"granalign: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("granalign: interrupted; what was finished is kept, a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"granalign: error: {message}", file=sys.stderr)
         return 2

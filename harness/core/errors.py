@@ -23,3 +23,30 @@ class DataFileMissing(DataError):
 
 class ConfigError(HarnessError, ValueError):
     """A config file, table spec, sweep space or override that does not fit its schema."""
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one line `granalign: error: ...` for an exception a user's input or machine can
+    cause (bad files, full or read-only disks, damaged databases); None for a bug, which
+    keeps its traceback. Errors that know their file say so themselves (HarnessError); an
+    OSError names its path and the system's reason."""
+    import errno
+    import sqlite3
+
+    if isinstance(e, HarnessError | ValueError | LookupError):
+        return str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
+    if isinstance(e, OSError):
+        where = e.filename if e.filename is not None else ""
+        reason = e.strerror or str(e)
+        hint = {errno.ENOSPC: " (the disk is full: free space and run again; nothing half-written was kept)",
+                errno.EROFS: " (a read-only file system)",
+                errno.EACCES: " (this user may not write or read here)",
+                errno.EDQUOT: " (over the disk quota)"}.get(e.errno or 0, "")
+        return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
+    if isinstance(e, sqlite3.DatabaseError):
+        return f"an SQLite database is damaged or unreadable ({e})"
+    if type(e).__module__.startswith("sqlalchemy") and type(e).__name__ in ("DatabaseError", "OperationalError"):
+        return f"a database cannot be used ({str(e).splitlines()[0][:300]})"
+    if isinstance(e, RecursionError):
+        return "input nested too deeply to read (a JSON or YAML value nested thousands of levels)"
+    return None

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from harness.core.errors import DataError
 from harness.core.query import Query
-from harness.data.parsing import field_of, need_file, windows_of
+from harness.data.parsing import duration_of, field_of, need_file, parse_json_line, windows_of
 from harness.data.spec import register_dataset
 
 
@@ -17,11 +16,7 @@ from harness.data.spec import register_dataset
                   description="val_1.json / val_2.json (2D-TAN)")
 def load_activitynet(root: Path, split: str) -> tuple[Sequence[Query], str]:
     path = need_file(root / "activitynet" / f"{split}.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    data = parse_json_line(path.read_bytes(), str(path))
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected an object {{vid: {{duration, timestamps, sentences}}}}")
     queries = []
@@ -29,9 +24,7 @@ def load_activitynet(root: Path, split: str) -> tuple[Sequence[Query], str]:
         where = f"{path}: video {vid}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected an object with duration, timestamps, sentences")
-        duration = float(field_of(rec, "duration", (int, float), where))
-        if duration <= 0:
-            raise DataError(f"{where}: field 'duration' should be > 0, got {duration}")
+        duration = duration_of(rec.get("duration"), where)
         stamps = field_of(rec, "timestamps", list, where)
         sentences = field_of(rec, "sentences", list, where)
         if len(stamps) != len(sentences):
@@ -41,6 +34,6 @@ def load_activitynet(root: Path, split: str) -> tuple[Sequence[Query], str]:
         for i, (w, sent) in enumerate(zip(stamps, sentences, strict=True)):
             if not isinstance(sent, str):
                 raise DataError(f"{where}: sentence {i} should be a string, got {sent!r:.60}")
-            win = windows_of([w], f"{where} sentence {i}", "timestamps")
+            win = windows_of([w], f"{where} sentence {i}", "timestamps", duration)
             queries.append(Query(len(queries), vid, sent.strip(), duration, win))
     return queries, str(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.core.errors import DataError
 from harness.core.query import Query
-from harness.data.parsing import need_file, windows_of
+from harness.data.parsing import duration_of, need_file, windows_of
 from harness.data.spec import register_dataset
 
 
@@ -30,11 +30,12 @@ def load_charades_sta(root: Path, split: str) -> tuple[Sequence[Query], str]:
             raise DataError(f"{csv_path}:1: expected a header with columns 'id' and 'length'")
         for lineno, row in enumerate(reader, 2):
             try:
-                durations[row["id"]] = float(row["length"])
+                length = float(row["length"])
             except (TypeError, ValueError):
                 raise DataError(
                     f"{csv_path}:{lineno}: column 'length' should be seconds, got {row['length']!r}"
                 ) from None
+            durations[row["id"]] = duration_of(length, f"{csv_path}:{lineno}", "length")
     txt_path = need_file(folder / "charades_sta_test.txt")
     queries = []
     with open(txt_path, encoding="utf-8") as f:
@@ -54,6 +55,6 @@ def load_charades_sta(root: Path, split: str) -> tuple[Sequence[Query], str]:
             if vid not in durations:
                 raise DataError(f"{where}: video {vid!r} has no duration in {csv_path.name}")
             queries.append(
-                Query(len(queries), vid, sentence.strip(), durations[vid], windows_of([[s, e]], where, "window"))
+                Query(len(queries), vid, sentence.strip(), durations[vid], windows_of([[s, e]], where, "window", durations[vid]))
             )
     return queries, str(txt_path)

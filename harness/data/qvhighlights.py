@@ -3,14 +3,18 @@ release (which has no ground truth: it loads for prediction only)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.core.constants import CLIP_SECONDS
 from harness.core.errors import DataError
 from harness.core.query import Query
-from harness.data.parsing import field_of, iter_jsonl, windows_of
+from harness.data.parsing import duration_of, field_of, iter_jsonl, windows_of
 from harness.data.spec import register_dataset
+
+SALIENCY_MAX = 4  # annotators score each clip 0 (very bad) to 4 (very good)
 
 
 @register_dataset("qvhighlights", splits=("val", "test"), protocol="qvhighlights",
@@ -30,13 +34,11 @@ def parse_qvhighlights_row(obj: dict[str, Any], where: str, require_gt: bool = T
     qid = field_of(obj, "qid", int, where)
     vid = field_of(obj, "vid", str, where)
     query = field_of(obj, "query", str, where)
-    duration = float(field_of(obj, "duration", (int, float), where))
-    if duration <= 0:
-        raise DataError(f"{where}: field 'duration' should be > 0, got {duration}")
+    duration = duration_of(obj.get("duration"), where)
     windows: tuple[tuple[float, float], ...] = ()
     saliency = None
     if require_gt or "relevant_windows" in obj:
-        windows = windows_of(obj.get("relevant_windows"), where, "relevant_windows")
+        windows = windows_of(obj.get("relevant_windows"), where, "relevant_windows", duration)
     if "relevant_clip_ids" in obj or "saliency_scores" in obj:
         ids = field_of(obj, "relevant_clip_ids", list, where)
         scores = field_of(obj, "saliency_scores", list, where)
@@ -45,24 +47,28 @@ def parse_qvhighlights_row(obj: dict[str, Any], where: str, require_gt: bool = T
                 f"{where}: relevant_clip_ids has {len(ids)} entries but saliency_scores has "
                 f"{len(scores)}; expected one score triple per clip id"
             )
-        saliency = _saliency(ids, scores, where)
+        saliency = _saliency(ids, scores, where, math.ceil(duration / CLIP_SECONDS))
     return Query(qid, vid, query, duration, windows, saliency)
 
 
-def _saliency(ids: list[Any], scores: list[Any], where: str) -> dict[int, tuple[int, ...]]:
-    """clip id -> annotator scores; a malformed entry names the row instead of a bare TypeError."""
+def _saliency(ids: list[Any], scores: list[Any], where: str, n_clips: int) -> dict[int, tuple[int, ...]]:
+    """clip id -> annotator scores (0-4 each, clip ids inside the video, each once); a
+    malformed entry names the row instead of a bare TypeError."""
 
     def is_int(x: Any) -> bool:
         return isinstance(x, int) and not isinstance(x, bool)
 
     out: dict[int, tuple[int, ...]] = {}
     for k, (i, s) in enumerate(zip(ids, scores, strict=True)):
-        if not is_int(i) or i < 0:
-            raise DataError(f"{where}: relevant_clip_ids[{k}] is {i!r:.40}, expected a clip index >= 0")
-        if not isinstance(s, list) or not s or not all(is_int(x) for x in s):
+        if not is_int(i) or i < 0 or i >= n_clips:
+            raise DataError(f"{where}: relevant_clip_ids[{k}] is {i!r:.40}, expected a clip index "
+                            f"0 to {n_clips - 1} (the video has {n_clips} clips of {CLIP_SECONDS:g} s)")
+        if i in out:
+            raise DataError(f"{where}: relevant_clip_ids[{k}] = {i} appears twice")
+        if not isinstance(s, list) or not s or not all(is_int(x) and 0 <= x <= SALIENCY_MAX for x in s):
             raise DataError(
                 f"{where}: saliency_scores[{k}] is {s!r:.60}, expected a list of integer scores "
-                "(one per annotator)"
+                f"0 to {SALIENCY_MAX} (one per annotator)"
             )
         out[i] = tuple(s)
     return out

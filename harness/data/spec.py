@@ -49,6 +49,9 @@ class DatasetSpec:
         folder = Path(".") if self.synthetic else data_root(root)
         queries, source = self.loader(folder, self.split)
         queries = tuple(queries)
+        if not queries:
+            raise DataError(f"{source}: no queries in this annotation file (empty?); expected the "
+                            f"{self.family} {self.split} annotations")
         _check_unique(queries, source)
         return Dataset(self.name, queries, source, self.family, self.split, self.synthetic)
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.core.constants import CLIP_SECONDS
 from harness.core.errors import DataError
 from harness.core.io import atomic_write_text
 from harness.core.query import Query
@@ -18,11 +19,44 @@ from harness.data.parsing import iter_jsonl
 PRED_FIELDS = ("qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores")
 
 
+MAX_WINDOWS_PER_QUERY = 1000  # the official evaluator reads the first 10; more is a bug, and memory
+SALIENCY_SLACK = 1  # clips: the official sample file has lists one short of ceil(duration / 2)
+WINDOW_END_FACTOR = 2.0  # an end past twice the video's duration means wrong units (frames, ms)
+
+
 def align(gt: Sequence[Query], preds: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Predictions in GT order; ids must match exactly (see `check_prediction_ids`)."""
+    """Predictions in GT order; ids must match exactly (see `check_prediction_ids`), and
+    each prediction must be about its query's video (`check_against_ground_truth`)."""
     check_prediction_ids(gt, preds)
     by_qid = {p["qid"]: p for p in preds}
-    return [by_qid[q.qid] for q in gt]
+    out = [by_qid[q.qid] for q in gt]
+    for q, p in zip(gt, out, strict=True):
+        check_against_ground_truth(q, p)
+    return out
+
+
+def check_against_ground_truth(q: Query, p: Mapping[str, Any]) -> None:
+    """A prediction row fits its query: the same video and sentence where the row names
+    them, windows inside the video (a start >= 0, an end before twice its duration: a
+    little past the end is scored as the official evaluator scores it, and Moment-DETR's
+    own sample file has ends up to 10 s past), one saliency score per 2-s clip."""
+    where = f"prediction for qid {q.qid}"
+    if "vid" in p and p["vid"] != q.vid:
+        raise DataError(f"{where}: vid {p['vid']!r:.60} but the ground truth's is {q.vid!r}")
+    if "query" in p and p["query"].strip() != q.query.strip():
+        raise DataError(f"{where}: query {p['query']!r:.80} but the ground truth's is {q.query!r:.80}")
+    for k, (start, end, _) in enumerate(p["pred_relevant_windows"]):
+        if start < 0 or end > WINDOW_END_FACTOR * q.duration:
+            raise DataError(
+                f"{where}: pred_relevant_windows[{k}] = [{start:g}, {end:g}] is outside the video "
+                f"(0 to {q.duration:g} s; ends up to {WINDOW_END_FACTOR:g}x the duration are scored)")
+    sal = p.get("pred_saliency_scores")
+    if sal is not None:
+        lo = int(q.duration / CLIP_SECONDS) - SALIENCY_SLACK  # the official grid floors, clips ceil
+        hi = math.ceil(q.duration / CLIP_SECONDS) + SALIENCY_SLACK
+        if not lo <= len(sal) <= hi:
+            raise DataError(f"{where}: {len(sal)} pred_saliency_scores, expected one per 2-s clip of the "
+                            f"{q.duration:g}-s video ({lo} to {hi})")
 
 
 
@@ -48,6 +82,9 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise DataError(
             f"{where}: field 'pred_relevant_windows' should be a list of [start, end, score]"
         )
+    if len(windows) > MAX_WINDOWS_PER_QUERY:
+        raise DataError(f"{where}: {len(windows)} pred_relevant_windows, expected at most "
+                        f"{MAX_WINDOWS_PER_QUERY} (the official evaluator reads the first 10)")
     clean = []
     for k, w in enumerate(windows):
         if not isinstance(w, list | tuple) or len(w) != 3 or not all(_is_number(x) for x in w):
@@ -88,6 +125,8 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
             )
         first_line[row["qid"]] = lineno
         rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no predictions in this file (empty?); expected one JSON object per query")
     return rows
 
 
