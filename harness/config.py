@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -127,6 +128,12 @@ class ExperimentConfig:
             read -= {"m"}
         return frozenset(read)
 
+    def folder_name(self) -> str:
+        """`<name>-<hash>` as one safe path component (the run's folder under `runs/`): a
+        name with '/', '..' or spaces cannot make a run write outside its folder."""
+        safe = _UNSAFE_IN_FOLDER.sub("_", self.name).strip("._") or "run"
+        return f"{safe}-{self.hash()}"
+
     def hash(self) -> str:
         """sha256 (first 16 hex) over the fields that can change this config's numbers
         (`reads`), with the pairing as its resolved pairs (`granalign` = `qs-Ca+qd-Cq`)."""
@@ -149,7 +156,10 @@ class ExperimentConfig:
 
 _FIELD_NAMES = {f.name for f in fields(ExperimentConfig)}
 
-# (key, check, what is expected) for every numeric field
+MAX_WINDOWS = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_IN_FOLDER = re.compile(r"[^\w.+=-]+")
+# (key, check, what is expected) for every numeric field (and the run name)
 _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("m", lambda v: 1 <= v <= M_MAX, f"1 <= m <= {M_MAX} (the rewrites per kind the cache holds)"),
     ("lam", lambda v: 0.0 <= v <= 1.0, "0 <= lam <= 1"),
@@ -159,9 +169,14 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("tau", lambda v: 0.0 < v <= 1.0, "0 < tau <= 1"),
     ("top_k", lambda v: v >= 1, "top_k >= 1"),
     ("bins", lambda v: 1 <= v <= MAX_BINS, f"1 <= bins <= {MAX_BINS}"),
-    ("max_windows", lambda v: v >= 1, "max_windows >= 1"),
+    ("max_windows", lambda v: 1 <= v <= MAX_WINDOWS,
+     f"1 <= max_windows <= {MAX_WINDOWS} (the official evaluator reads the first 10)"),
     ("limit", lambda v: v >= 1, "limit >= 1 (first N queries) or null (all)"),
+    ("seed", lambda v: 0 <= v < 2**32, "0 <= seed < 2**32"),
+    ("name", lambda v: bool(v.strip()) and len(v) <= 200 and not _CONTROL.search(v),
+     "a non-empty name of at most 200 characters, without control characters"),
 )
+
 # key -> the registry whose names it takes
 _NAMED: dict[str, Registry[Any]] = {
     "dataset": DATASETS, "recipe": RECIPES, "normalisation": NORMALISATIONS, "prune": PRUNERS,
@@ -241,7 +256,9 @@ def _normalise(d: Mapping[str, Any]) -> dict[str, Any]:
     if "tau" in out and isinstance(out["tau"], int) and not isinstance(out["tau"], bool):
         out["tau"] = float(out["tau"])
     if "tags" in out and out["tags"] is not None:
-        out["tags"] = {str(k): str(v) for k, v in dict(out["tags"]).items()}
+        if not isinstance(out["tags"], Mapping):
+            raise ConfigError(f"key 'tags' should be a mapping of tag: value, got {out['tags']!r:.80}")
+        out["tags"] = {str(k): str(v) for k, v in out["tags"].items()}
     return out
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from harness.core.errors import DataError
 from harness.core.query import Query
-from harness.data.parsing import duration_of, field_of, need_file, parse_json_line, windows_of
+from harness.data.parsing import (
+    duration_of,
+    field_of,
+    need_file,
+    parse_json_line,
+    path_safe_id,
+    windows_of,
+)
 from harness.data.spec import register_dataset
 
 
@@ -22,6 +29,7 @@ def load_activitynet(root: Path, split: str) -> tuple[Sequence[Query], str]:
     queries = []
     for vid, rec in data.items():
         where = f"{path}: video {vid}"
+        path_safe_id(vid, where)
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected an object with duration, timestamps, sentences")
         duration = duration_of(rec.get("duration"), where)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.core.errors import DataError
 from harness.core.query import Query
-from harness.data.parsing import duration_of, need_file, windows_of
+from harness.data.parsing import duration_of, need_file, path_safe_id, windows_of
 from harness.data.spec import register_dataset
 
 
@@ -47,7 +47,7 @@ def load_charades_sta(root: Path, split: str) -> tuple[Sequence[Query], str]:
             parts = head.split()
             if not sep or len(parts) != 3 or not sentence.strip():
                 raise DataError(f"{where}: expected 'VID start end##sentence', got {line.strip()!r:.80}")
-            vid = parts[0]
+            vid = path_safe_id(parts[0], where)
             try:
                 s, e = float(parts[1]), float(parts[2])
             except ValueError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,15 @@ def windows_of(value: Any, where: str, key: str, duration: float) -> tuple[tuple
                             f"(0 to {duration:g} s, + {WINDOW_SLACK:g} s allowed at the end)")
         out.append((s, e))
     return tuple(out)
+
+
+_UNSAFE_ID = re.compile(r"(^\.)|[/\\\x00-\x1f]")
+
+
+def path_safe_id(value: str, where: str, key: str = "vid") -> str:
+    """An id that names files (a video's frame archive, its caption file): no folder
+    separators, control characters or leading dot, so no id can reach outside its folder."""
+    if not value or _UNSAFE_ID.search(value) or len(value) > 200:
+        raise DataError(f"{where}: field {key!r} = {value!r:.80} cannot name a file; expected an id "
+                        "without '/', '\\', control characters or a leading '.'")
+    return value

@@ -11,7 +11,7 @@ from typing import Any
 from harness.core.constants import CLIP_SECONDS
 from harness.core.errors import DataError
 from harness.core.query import Query
-from harness.data.parsing import duration_of, field_of, iter_jsonl, windows_of
+from harness.data.parsing import duration_of, field_of, iter_jsonl, path_safe_id, windows_of
 from harness.data.spec import register_dataset
 
 SALIENCY_MAX = 4  # annotators score each clip 0 (very bad) to 4 (very good)
@@ -32,7 +32,7 @@ def load_qvhighlights(root: Path, split: str) -> tuple[Sequence[Query], str]:
 def parse_qvhighlights_row(obj: dict[str, Any], where: str, require_gt: bool = True) -> Query:
     """One row of the official QVHighlights annotation jsonl."""
     qid = field_of(obj, "qid", int, where)
-    vid = field_of(obj, "vid", str, where)
+    vid = path_safe_id(field_of(obj, "vid", str, where), where)
     query = field_of(obj, "query", str, where)
     duration = duration_of(obj.get("duration"), where)
     windows: tuple[tuple[float, float], ...] = ()

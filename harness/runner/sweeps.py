@@ -152,8 +152,13 @@ def _check_space(spec: SweepSpec, base: ExperimentConfig) -> None:
             if lo > hi:
                 raise ConfigError(f"{where}: low {lo} > high {hi}")
             step = d.get("step")
-            if step is not None and (not isinstance(step, int | float) or step <= 0):
+            if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0):
                 raise ConfigError(f"{where}: step should be > 0, got {step!r}")
+            log = d.get("log", False)
+            if not isinstance(log, bool):
+                raise ConfigError(f"{where}: log should be true or false, got {log!r}")
+            if log and (lo <= 0 or step is not None):
+                raise ConfigError(f"{where}: a log scale needs low > 0 and no step, got low {lo}, step {step}")
             values = [lo, hi]
         for v in values:
             try:
@@ -204,10 +209,11 @@ def _sampler(spec: SweepSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
     kind = spec.sampler.get("type", "tpe")
     seed = spec.sampler.get("seed")
     if seed is not None:
-        seed = int(seed) + worker
+        seed = _whole(seed, spec.path, "sampler.seed") + worker
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=bool(spec.sampler.get("multivariate", True)),
-                                          n_startup_trials=int(spec.sampler.get("n_startup_trials", 10)))
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=bool(spec.sampler.get("multivariate", True)),
+            n_startup_trials=_whole(spec.sampler.get("n_startup_trials", 10), spec.path, "sampler.n_startup_trials"))
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
@@ -220,7 +226,15 @@ def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if spec.pruner.get("type", "median") != "median":
         raise ConfigError(f"{spec.path}: pruner type must be median")
-    return optuna.pruners.MedianPruner(n_startup_trials=int(spec.pruner.get("n_startup_trials", 5)))
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=_whole(spec.pruner.get("n_startup_trials", 5), spec.path, "pruner.n_startup_trials"))
+
+
+def _whole(value: Any, path: Path, key: str) -> int:
+    """A whole number >= 0 from a sweep file, or an error naming the file and the key."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{path}: {key} should be a whole number >= 0, got {value!r:.40}")
+    return value
 
 
 def _tracker(spec: SweepSpec, settings: Settings, background: bool = False) -> Tracker:

@@ -35,8 +35,8 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.build.metering import efficiency_summary
-from harness.config import ExperimentConfig
-from harness.core.errors import DataFileMissing
+from harness.config import ExperimentConfig, load_config
+from harness.core.errors import ConfigError, DataFileMissing
 from harness.core.io import atomic_write_text, canonical_json, sha256_hex
 from harness.core.results import Failed, Missing, MissingInputs, Outcome, SameAs
 from harness.data.spec import dataset_spec, source_digest
@@ -88,6 +88,12 @@ def row_configs(spec: TableSpec, settings: Settings) -> dict[str, ExperimentConf
     """Runnable rows -> config. `--set` overrides change the base: a key that the row sets
     itself (Table 6's `captions: blip2`) keeps the row's value. `--demo` replaces the
     dataset of every row."""
+    if settings.overrides:  # checked on the base even where every row sets the key itself
+        try:
+            load_config(spec.repo_root / spec.base, settings.overrides)
+        except ConfigError as e:
+            given = " ".join(f"--set {k}={v}" for k, v in settings.overrides.items())
+            raise ConfigError(f"{given}: {e}") from None
     out = {}
     for row in spec.runnable_rows():
         cfg = row_config(spec, row)

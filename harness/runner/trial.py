@@ -10,6 +10,9 @@ reported before anything is computed, and outputs are written atomically.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +24,7 @@ from harness.build.backends import REWRITERS
 from harness.cache.embedders import embedder_model_id
 from harness.cache.store import Cache
 from harness.config import ExperimentConfig
-from harness.core.io import atomic_write_text
+from harness.core.io import atomic_write_text, folder_mode, json_safe, replace_folder
 from harness.core.provenance import git_commit, package_versions
 from harness.core.query import Dataset
 from harness.core.results import Missing, MissingInputs
@@ -168,7 +171,7 @@ def run_config(
     rows = preds.rows(prep.queries)
     metrics = None if no_gt else score(prep, cfg, preds)
     t_total = time.perf_counter() - t0
-    out = Path(out_dir) if out_dir else Path("runs") / f"{cfg.name}-{cfg.hash()}"
+    out = Path(out_dir) if out_dir else Path("runs") / cfg.folder_name()
     info = {
         "name": cfg.name,
         "dataset": cfg.dataset,
@@ -195,13 +198,25 @@ def write_outputs(
     out: Path, cfg: ExperimentConfig, rows: Iterable[dict[str, Any]], metrics: dict[str, Any] | None,
     info: dict[str, Any], submission: str = "",
 ) -> None:
-    """The run folder: predictions (and the server's file), metrics when evaluated, config, info."""
-    out.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write_text(out / "predictions.jsonl", text)
-    if submission:
-        atomic_write_text(out / submission, text)
-    if metrics is not None:
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
-    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
+    """The run folder, complete or not at all: predictions (and the server's file), metrics
+    when evaluated, config, info are written into a temp folder beside it, which is renamed
+    into place (a full disk or a kill leaves no half-written run folder; the previous run
+    folder of the same name stays until the new one is complete). Metrics that are not
+    numbers (an empty split's NaN, as the official code gives) are written as null: strict
+    JSON readers refuse NaN."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, folder_mode())  # mkdtemp makes it 0o700
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        atomic_write_text(tmp / "predictions.jsonl", text)
+        if submission:
+            atomic_write_text(tmp / submission, text)
+        if metrics is not None:
+            atomic_write_text(tmp / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
+        atomic_write_text(tmp / "run_info.json", json.dumps(json_safe(info), indent=2, allow_nan=False) + "\n")
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
