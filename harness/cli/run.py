@@ -13,6 +13,7 @@ from typing import Any
 from harness.cache import open_cache
 from harness.cli.common import add_cache_arg, add_substitute_arg, nonnegative_int, positive_int
 from harness.config import load_config, parse_override
+from harness.core.errors import DataError
 from harness.core.results import MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
 from harness.eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, compare, intervals
@@ -61,9 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_root)
-    preds = load_predictions(_prediction_file(args.pred))
     pq: PerQuery = {}
-    result = protocol_of(args.dataset).evaluate(dataset.queries, preds, per_query=pq)
+    result = _evaluate(args.dataset, dataset.queries, args.pred, pq)
     if args.ci:
         result["intervals"] = {k: [v.low, v.high] for k, v in intervals(pq, args.resamples, args.seed).items()}
     if args.json:
@@ -84,13 +84,22 @@ def _prediction_file(path: str) -> Path:
     return p / "predictions.jsonl" if p.is_dir() else p
 
 
+def _evaluate(dataset: str, queries: Any, path: str, per_query: PerQuery) -> dict[str, Any]:
+    """Read and score one prediction file; an error about its rows names the file."""
+    file = _prediction_file(path)
+    preds = load_predictions(file)
+    try:
+        return protocol_of(dataset).evaluate(queries, preds, per_query=per_query)
+    except DataError as e:
+        raise DataError(f"{file}: {e}") from None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_root)
-    protocol = protocol_of(args.dataset)
     per_query: list[PerQuery] = []
     for path in (args.a, args.b):
         pq: PerQuery = {}
-        protocol.evaluate(dataset.queries, load_predictions(_prediction_file(path)), per_query=pq)
+        _evaluate(args.dataset, dataset.queries, path, pq)
         per_query.append(pq)
     result = compare(per_query[0], per_query[1], args.resamples, args.seed)
     if args.json:
