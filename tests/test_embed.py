@@ -217,6 +217,37 @@ def test_embed_dataset_covers_every_stage_and_skips_failed(tmp_path: Path) -> No
     assert r3.embedded == 1 and sorted(emb3.texts) == ["puddle", "rain"]
 
 
+def test_an_embed_killed_between_a_matrix_and_its_row_recovers(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 3rd matrix's file is written, then the process dies before its index row: the
+    list is not counted as cached, a rerun embeds exactly the lists without a row (that one
+    included, its file rewritten), and every list ends up cached and readable."""
+    from harness.core import faults
+    from harness.core.faults import FAULT_ENV, InjectedFault
+
+    ds = _toy_dataset()
+    cache = Cache(tmp_path / "c")
+    cap = caption_producer("minigptv2", "agnostic")
+    for i in range(1, 4):
+        cache.put(cap, video_item(ds.family, f"v{i}"), [f"caption {i}", f"another {i}"])
+    monkeypatch.setenv(FAULT_ENV, "put_embeddings:between-file-and-row@3")
+    monkeypatch.setattr(faults, "_hits", faults.Counter())
+    with pytest.raises(InjectedFault):
+        embed_dataset(cache, ds, HashEmbedder(), progress=False, chunk_texts=2)
+    monkeypatch.delenv(FAULT_ENV)
+    files = len(list(cache.emb_dir.rglob("*.npy")))
+    rows = cache.query("SELECT COUNT(*) FROM embeddings")[0][0]
+    assert files == rows + 1  # the orphan file: written, never indexed
+    emb = Counting(HashEmbedder())
+    r = embed_dataset(cache, ds, emb, progress=False)
+    assert r.already_cached == rows and r.embedded == r.lists - r.empty_skipped - rows
+    assert cache.query("SELECT COUNT(*) FROM embeddings")[0][0] == len(list(cache.emb_dir.rglob("*.npy")))
+    for i in range(1, 4):
+        texts = [f"caption {i}", f"another {i}"]
+        np.testing.assert_allclose(cache.get_embeddings("test-hash", texts), HashEmbedder().encode(texts), atol=1e-6)
+    assert embed_dataset(cache, ds, Counting(HashEmbedder()), progress=False).embedded == 0
+
+
 def test_embed_dataset_refuses_a_malformed_entry(tmp_path: Path) -> None:
     ds = _toy_dataset()
     cache = Cache(tmp_path / "c")

@@ -573,3 +573,49 @@ def test_a_failing_row_is_a_failed_cell_and_a_rerun_retries_it_only(
     parents, children = runs_of(settings, "table-C2")
     assert [p.info.status for p in parents] == ["FINISHED"] and len(children) == 6
     assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+# -- a table killed mid-row (kill -9) and rerun, with one worker and with two --------------------
+@pytest.mark.parametrize("point", ["table-row:computed", "table-row:written"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_table_killed_mid_row_and_rerun_computes_each_row_once(
+    tmp_path: Path, settings_for: SettingsFor, workers: int, point: str
+) -> None:
+    """Each worker is SIGKILLed in its second row, before its trial was told: with the
+    row's MLflow run open (`computed`) or already written (`written`). The rerun reaps the
+    dead trials, closes their runs, computes only what is missing: one COMPLETE trial and
+    one FINISHED run per row, nothing RUNNING, nothing computed twice."""
+    import optuna
+
+    from harness.core.faults import FAULT_ENV
+
+    settings = settings_for(tmp_path, workers=workers, artifacts=False)
+    cmd = [sys.executable, "-m", "harness.cli", "table", "C2", "--demo", "--cache", str(settings.cache_dir),
+           "--storage", settings.storage, "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path),
+           "--workers", str(workers)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    first = subprocess.run(cmd, cwd=REPO, env={**env, FAULT_ENV: f"{point}@2:kill"},
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode != 0 or workers > 1, first.stdout + first.stderr  # the one worker died
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(settings.storage)]
+    study = optuna.load_study(study_name=name, storage=settings.storage)
+    # each worker killed mid-row: its trial stays RUNNING (one worker: the process is gone)
+    # or is already failed by the parent process, which outlives its workers
+    assert sum(t.state.name in ("RUNNING", "FAIL") for t in study.trials) == workers
+    done_before = {t.params["row"] for t in study.trials if t.state.name == "COMPLETE"}
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    study = optuna.load_study(study_name=name, storage=settings.storage)
+    rows = [r.name for r in load_table("C2").rows]
+    complete = [t.params["row"] for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(rows)  # each row exactly once
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    assert sum(t.state.name == "FAIL" for t in study.trials) == workers  # the killed ones, reaped
+    assert f"{len(rows) - len(done_before)} rows computed, {len(done_before)} reused" in again.stdout
+    parents, children = runs_of(settings, "table-C2")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    finished_rows = [c.data.tags["row"] for c in children if c.info.status == "FINISHED"]
+    assert sorted(finished_rows) == sorted(rows)
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    assert sum(c.info.status == "KILLED" for c in children) == workers

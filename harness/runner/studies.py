@@ -236,17 +236,23 @@ def run_workers(target: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]) -> 
 
 
 def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str) -> int:
-    """MLflow child runs of trials that are no longer RUNNING (their worker died): KILLED.
+    """MLflow child runs that their trial's worker left behind when it died: KILLED.
 
-    The trial is found by the child's `trial` tag, so a worker killed between opening the
-    child and recording its run id leaves no RUNNING run either."""
+    A RUNNING run whose trial is no longer RUNNING (killed while computing), and a FINISHED
+    run whose trial failed (killed after the run was written, before the trial was told:
+    the row is computed again, and only the new run counts). The trial is found by the
+    child's `trial` tag, so a worker killed between opening the child and recording its run
+    id leaves no stray run either."""
     state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     closed = 0
     for run in tracker.children(parent_id):
-        if run.info.status != "RUNNING":
-            continue
         number = run.data.tags.get("trial")
-        if number is not None and state.get(int(number)) != TrialState.RUNNING:
+        if number is None:
+            continue
+        trial_state = state.get(int(number))
+        if (run.info.status == "RUNNING" and trial_state != TrialState.RUNNING) or (
+                run.info.status == "FINISHED" and trial_state == TrialState.FAIL):
+            tracker.set_tags(run.info.run_id, {"granalign.orphan": f"trial {number} {trial_state.name if trial_state else 'gone'}"})
             tracker.finish(run.info.run_id, "KILLED")
             closed += 1
     return closed

@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 from harness.build.metering import efficiency_summary
 from harness.config import ExperimentConfig, load_config
 from harness.core.errors import ConfigError, DataFileMissing
+from harness.core.faults import fault_point
 from harness.core.io import atomic_write_text, canonical_json, sha256_hex
 from harness.core.results import Failed, Missing, MissingInputs, Outcome, SameAs
 from harness.data.spec import dataset_spec, source_digest
@@ -260,7 +261,10 @@ class RowWorker:
             t.set_user_attr("metrics", metrics)
             run_id = self._open_run(t, row, cfg, prep.fingerprint)
             t.set_user_attr("mlflow_run_id", run_id)
+            fault_point("table-row:computed")  # tests kill here: a RUNNING trial and MLflow run
             self._log(run_id, prep, res, metrics)
+            self.tracker.drain()  # the row's run is written before its trial is COMPLETE
+            fault_point("table-row:written")  # tests kill here: a FINISHED run, a RUNNING trial
             self.study.tell(t, float(metrics.get(_primary_metric(self.spec), 0.0)))
         except Exception as e:  # the row fails, the table goes on (any number of workers)
             failed = Failed.from_error(e)
