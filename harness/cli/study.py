@@ -12,7 +12,7 @@ from harness.report.tables import list_tables
 from harness.report.tracking import DEFAULT_TRACKING_URI
 from harness.runner.settings import Settings
 from harness.runner.studies import DEFAULT_STORAGE, STORAGE_ENV
-from harness.runner.sweeps import run_sweep
+from harness.runner.sweeps import run_sweep, write_best_config
 from harness.runner.tables import run_table, table_from_mlflow
 
 
@@ -51,7 +51,11 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    run_sweep(args.space, _settings(args), args.n_trials)
+    settings = _settings(args)
+    summary = run_sweep(args.space, settings, args.n_trials)
+    if args.best_config:
+        cfg = write_best_config(args.best_config, args.space, summary, settings.resolved_overrides())
+        print(f"best config ({cfg.hash()}) written to {args.best_config}")
     return 0
 
 
@@ -64,5 +68,7 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     s = top.add_parser("sweep", help="an Optuna hyperparameter sweep over a YAML search space")
     s.add_argument("space", help="sweep YAML (see experiments/sweeps/)")
     s.add_argument("--n-trials", type=positive_int, default=50, help="complete + pruned trials to reach")
+    s.add_argument("--best-config", metavar="PATH", default=None,
+                   help="write the best trial as a run config (YAML) that `granalign run` reproduces")
     _common(s)
     s.set_defaults(func=cmd_sweep)

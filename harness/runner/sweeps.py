@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from harness.config import ExperimentConfig, load_config
 from harness.core.errors import ConfigError, HarnessError
-from harness.core.io import canonical_json, sha256_hex
+from harness.core.io import atomic_write_text, canonical_json, sha256_hex
 from harness.core.results import Failed, MissingInputs
 from harness.core.yaml_io import load_yaml
 from harness.data.spec import source_digest
@@ -201,6 +202,44 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict
             value = trial.suggest_categorical(name, choices)
             out[name] = json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
     return out
+
+
+def stored_values(space: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's params as `suggest` returned them: list or mapping choices decoded from the
+    JSON Optuna stores them as, stepped floats rounded."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        d = space.get(name, {})
+        if d.get("type") == "categorical" and isinstance(value, str) and value[:1] in "[{":
+            out[name] = json.loads(value)
+        elif d.get("type") == "float" and d.get("step"):
+            out[name] = round(value, 12)
+        else:
+            out[name] = value
+    return out
+
+
+def best_config(spec: SweepSpec, params: Mapping[str, Any], overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """The full config a trial ran: the sweep's base, the command line's overrides, its params."""
+    return spec.base_config(overrides).replace(**config_values(spec.space, stored_values(spec.space, params)))
+
+
+def write_best_config(path: str | Path, space: str | Path, summary: Mapping[str, Any],
+                      overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """The sweep's best trial as a run config (YAML, every key written out), with where it
+    came from in its header: `granalign run PATH` reproduces the trial."""
+    if not summary.get("best"):
+        raise ConfigError(f"sweep {summary.get('sweep')}: no finished trial, so no best config to write")
+    spec = load_sweep(space)
+    best = summary["best"][0]
+    cfg = best_config(spec, best["params"], overrides)
+    cfg = cfg.replace(name=f"best-{spec.name}", tags={})
+    header = (f"# The best trial of sweep {spec.name} ({spec.path}), study {summary.get('study')}: trial "
+              f"{best['number']}, {', '.join(f'{m} = {v}' for (m, _), v in zip(spec.objectives, best['values'], strict=True))}"
+              f"\n# Written by `granalign sweep --best-config`; `granalign run` on this file reproduces it.\n")
+    data = {k: v for k, v in cfg.to_dict().items() if k != "tags"}
+    atomic_write_text(Path(path), header + yaml.safe_dump(data, sort_keys=False))
+    return cfg
 
 
 def _sampler(spec: SweepSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
