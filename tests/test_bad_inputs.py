@@ -535,3 +535,21 @@ def test_replace_folder_leaves_one_folder() -> None:
         assert sorted(p.name for p in base.iterdir()) == ["dest"]
     finally:
         shutil.rmtree(base)
+
+
+def test_an_import_without_its_release_creates_no_cache(ws: Workspace, data_root: Path) -> None:
+    root = ws.root / "data"
+    (root / "qvhighlights").mkdir(parents=True)
+    shutil.copy(data_root / ANNOTATIONS, root / ANNOTATIONS)
+    cache = ws.root / "new-cache"
+    common = ("cache", "import", "--dataset", "qvhighlights:val", "--data-root", str(root), "--cache", str(cache))
+    ws.run(*common, "--what", "paraphrases", names=("baichuan2_paraphrases_val.jsonl", "missing data file"))
+    ws.run(*common, "--what", "captions:minigptv2", names=("captions/minigptv2/val", "not found"))
+    ws.run(*common, "--what", "bogus", names=("bogus", "unknown import target"))
+    assert not cache.exists()
+
+
+def test_an_embed_into_an_unwritable_place_is_named(ws: Workspace, data_root: Path) -> None:
+    afile = ws.write("afile", "x")
+    ws.run("cache", "embed", "--dataset", "qvhighlights:val", "--data-root", str(data_root), "--cache",
+           str(afile / "cache"), names=(str(afile / "cache"), "cannot create the cache folder"))

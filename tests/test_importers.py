@@ -202,6 +202,8 @@ def test_toy_import_pads_truncates_and_reports_missing(tmp_path: Path) -> None:
         (_lines({"moment": "0", "description": "a"}), r"v\.jsonl:1: field 'moment' should be an integer"),
         (_lines([0, "a"]), r"v\.jsonl:1: expected a JSON object"),
         ("\n", r"v\.jsonl: no captions"),
+        (_lines({"moment": 0, "description": " "}, {"moment": 1, "description": ""}),
+         r"v\.jsonl: every description is empty"),
     ],
 )
 def test_bad_caption_files_name_file_and_line(tmp_path: Path, text: str, match: str) -> None:
@@ -218,6 +220,15 @@ def test_caption_count_far_from_clip_count_is_an_error(tmp_path: Path) -> None:
     ds, root = _toy(tmp_path, caps, {"v": 150})
     with pytest.raises(DataError, match=r"v\.jsonl: 10 captions for a video of 75 clips"):
         import_captions(Cache(tmp_path / "c"), ds, folder=root / "qv/captions/minigptv2/val", progress=False)
+
+
+def test_caption_files_of_other_videos_are_reported(tmp_path: Path) -> None:
+    caps = {v: _lines(*({"moment": i, "description": "a"} for i in range(5))) for v in ("v", "stranger")}
+    ds, root = _toy(tmp_path, {"v": caps["v"]}, {"v": 10})
+    (root / "qv/captions/minigptv2/val/stranger.jsonl").write_text(caps["stranger"])
+    report = import_captions(Cache(tmp_path / "c"), ds, folder=root / "qv/captions/minigptv2/val", progress=False)
+    assert report.imported == 1
+    assert any("1 caption files are for videos not in" in n and "stranger" in n for n in report.notes)
 
 
 def test_missing_caption_folder_and_conflicting_durations(tmp_path: Path) -> None:

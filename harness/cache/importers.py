@@ -30,7 +30,7 @@ from harness.cache.producers import (
 from harness.cache.store import Cache, Producer
 from harness.core.errors import DataError
 from harness.core.query import Dataset, Query, n_clips
-from harness.data.parsing import iter_jsonl
+from harness.data.parsing import iter_jsonl, need_file
 from harness.data.spec import data_root
 
 PARAPHRASES_PER_QUERY = 5  # the VTG-GPT release has five Baichuan2 paraphrases per query
@@ -123,6 +123,8 @@ def read_caption_file(path: Path) -> list[str]:
         rows.append((moment, lineno, desc))
     if not rows:
         raise DataError(f"{path}: no captions (expected one line per 2-s clip)")
+    if not any(desc.strip() for _, _, desc in rows):
+        raise DataError(f"{path}: every description is empty (expected the caption text of each clip)")
     rows.sort()
     for expected, (moment, lineno, _) in enumerate(rows):
         if moment == expected:
@@ -252,6 +254,11 @@ def import_captions(
             f"{report.already_cached} videos were already cached and were not re-read; "
             "caption counts cover this run's videos only"
         )
+    strangers = sorted(p.stem for p in src.glob("*.jsonl") if p.stem not in clips)
+    if strangers:
+        report.notes.append(
+            f"{len(strangers)} caption files are for videos not in {dataset.label} and were not imported "
+            f"(e.g. {', '.join(strangers[:3])}): a folder of another split?")
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -378,6 +385,20 @@ def import_paraphrases(
 
 # -- dispatch -----------------------------------------------------------------------------
 IMPORT_TARGETS = ("captions:<backbone>", "paraphrases")
+
+
+def import_source(dataset: Dataset, what: str, root: str | Path | None = None) -> Path:
+    """The release file or folder an import reads, checked to exist (before any cache is
+    opened: a failed import leaves no empty cache behind)."""
+    kind, _, arg = what.partition(":")
+    if kind == "captions":
+        src = caption_folder(data_root(root), dataset, arg or "minigptv2")
+        if not src.is_dir():
+            raise DataError(f"caption folder {src} not found (expected <vid>.jsonl files for {dataset.label})")
+        return src
+    if kind == "paraphrases" and not arg:
+        return need_file(paraphrase_file(data_root(root), dataset))
+    raise ValueError(f"unknown import target {what!r}; valid: {', '.join(IMPORT_TARGETS)}")
 
 
 def run_import(

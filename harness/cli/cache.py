@@ -13,7 +13,7 @@ from typing import Any
 from harness.build.builder import DEFAULT_CAPTIONER, OPTION_GROUPS, STAGES, BuildConfig, build_cache
 from harness.build.metering import efficiency_rows, format_efficiency
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
-from harness.cache.importers import run_import
+from harness.cache.importers import import_source, run_import
 from harness.cache.merge import merge_caches
 from harness.cache.producers import DEFAULT_FRAME_FILTER, DEFAULT_REWRITER_MODEL
 from harness.cache.store import STAGE_LABELS, Cache, default_cache_dir
@@ -43,6 +43,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_root)
+    import_source(dataset, args.what, args.data_root)  # the release exists, before the cache is made
     cache = Cache(args.cache)
     kwargs = {"batch_size": args.batch_size}
     report = run_import(
