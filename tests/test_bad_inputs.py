@@ -553,3 +553,21 @@ def test_an_embed_into_an_unwritable_place_is_named(ws: Workspace, data_root: Pa
     afile = ws.write("afile", "x")
     ws.run("cache", "embed", "--dataset", "qvhighlights:val", "--data-root", str(data_root), "--cache",
            str(afile / "cache"), names=(str(afile / "cache"), "cannot create the cache folder"))
+
+
+def _open_tracker(uri: str, name: str) -> str:
+    from harness.report.tracking import Tracker
+
+    return Tracker(name, uri).experiment_id
+
+
+def test_two_processes_creating_one_mlflow_store_do_not_race(tmp_path: Path) -> None:
+    """MLflow migrates a fresh SQLite store on first use; two sweeps started together used
+    to fail on `_alembic_tmp_experiments`. Schema creation now happens under a file lock."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with ctx.Pool(2) as pool:
+        ids = pool.starmap(_open_tracker, [(uri, "sweep-a"), (uri, "sweep-a")])
+    assert ids[0] == ids[1]

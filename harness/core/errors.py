@@ -3,6 +3,9 @@ expected, so the command line can print it as it is (`granalign: error: ...`).""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class HarnessError(Exception):
     """Base of every error the command line reports as a one-line message, not a traceback."""
@@ -30,9 +33,6 @@ def user_message(e: BaseException) -> str | None:
     cause (bad files, full or read-only disks, damaged databases); None for a bug, which
     keeps its traceback. Errors that know their file say so themselves (HarnessError); an
     OSError names its path and the system's reason."""
-    import errno
-    import sqlite3
-
     if isinstance(e, HarnessError | ValueError | LookupError):
         return str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
     if isinstance(e, OSError):
