@@ -56,7 +56,8 @@ def pg_url() -> Iterator[str]:
 
 def _settings(root: Path, storage: str, demo_cache: Path, template: Path, **kw: object) -> Settings:
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(template, root / "mlflow.db")
+    if not (root / "mlflow.db").exists():
+        shutil.copy(template, root / "mlflow.db")
     return Settings(demo=True, cache_dir=str(demo_cache), storage=storage,
                     tracking_uri=f"sqlite:///{root}/mlflow.db", out_dir=str(root), artifacts=False, **kw)
 

@@ -244,6 +244,19 @@ def test_an_experiment_made_without_its_kind_gets_it(tmp_path: Path) -> None:
     assert c.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_a_table_rerun_against_another_mlflow_store_still_renders(table3: tuple[Settings, Any, Any],
+                                                                  tmp_path: Path, mlflow_db_template: Path) -> None:
+    """The rows' runs live in the first store; a rerun tracked in a fresh one computes
+    nothing, renders the same table and logs nothing to runs it cannot see."""
+    import dataclasses
+
+    settings, first, _ = table3
+    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
+    other = dataclasses.replace(settings, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    again = run_table("3", other, echo=False)
+    assert again.computed == 0 and again.rendered["md"] == first.rendered["md"]
+
+
 def test_table_from_mlflow_renders_the_same(table3: tuple[Settings, Any, Any]) -> None:
     settings, run, _ = table3
     assert table_from_mlflow("3", settings, echo=False) == run.rendered

@@ -428,7 +428,7 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
     unc = uncertainty(spec, row_per_query(spec, settings, name, {r: compute[r] for r in done}, pools),
                       reference=reference)
     if unc is not None:
-        _log_uncertainty(tracker, done, unc)
+        _log_uncertainty(tracker, parent_id, done, unc)
     rendered = render_all(shown, results, unc)
     _write_table(spec, rendered, settings, tracker, parent_id, results, configs)
     computed = len([r for r in todo if r in done])
@@ -489,11 +489,13 @@ def uncertainty(spec: TableSpec, per_query: Mapping[str, PerQuery], n_resamples:
     return Uncertainty(reference, cells, n_resamples, seed)
 
 
-def _log_uncertainty(tracker: Tracker, done: Mapping[str, Any], unc: Uncertainty) -> None:
-    """Each row's intervals (and p-values) as metrics of its MLflow run."""
+def _log_uncertainty(tracker: Tracker, parent_id: str, done: Mapping[str, Any], unc: Uncertainty) -> None:
+    """Each row's intervals (and p-values) as metrics of its MLflow run (a run of this
+    parent: a row computed while tracking elsewhere has no run here to log to)."""
+    mine = {r.info.run_id for r in tracker.children(parent_id)}
     for row, stats in unc.cells.items():
         run_id = done[row].user_attrs.get("mlflow_run_id")
-        if not run_id:
+        if run_id not in mine:
             continue
         metrics: dict[str, float] = {}
         for key, (lo, hi, p) in stats.items():
