@@ -125,7 +125,7 @@ class Tracker:
         db = sqlite_path(self.uri)
         # MLflow creates (or migrates) an SQLite store's schema on first use: two processes
         # doing it at once fail on `_alembic_tmp_experiments`, so it happens under a lock
-        with file_lock(lock_beside(db)):
+        with file_lock(lock_beside(db) if create else None):  # a reader creates no lock file
             try:
                 self.client = MlflowClient(self.uri)
                 exp = self.client.get_experiment_by_name(experiment)
