@@ -201,13 +201,7 @@ def import_captions(
     listed in the report, not an error (a run then says which videos lack captions).
     """
     t0 = time.perf_counter()
-    preset = captioners().get(backbone)
-    if preset is None or not preset.get("imported"):
-        valid = sorted(k for k, v in captioners().items() if v.get("imported"))
-        raise ValueError(
-            f"caption backbone {backbone!r} has no public release to import; importable: "
-            f"{', '.join(valid)} (marked 'imported: true' in harness/prompts/captioners.yaml)"
-        )
+    check_importable(backbone)
     producer = caption_producer(backbone, "agnostic")
     src = Path(folder) if folder is not None else caption_folder(data_root(root), dataset, backbone)
     if not src.is_dir():
@@ -387,11 +381,23 @@ def import_paraphrases(
 IMPORT_TARGETS = ("captions:<backbone>", "paraphrases")
 
 
+def check_importable(backbone: str) -> None:
+    """A caption backbone with a public release (e.g. minigptv2), or a ValueError listing them."""
+    preset = captioners().get(backbone)
+    if preset is None or not preset.get("imported"):
+        valid = sorted(k for k, v in captioners().items() if v.get("imported"))
+        raise ValueError(
+            f"caption backbone {backbone!r} has no public release to import; importable: "
+            f"{', '.join(valid)} (marked 'imported: true' in harness/prompts/captioners.yaml)"
+        )
+
+
 def import_source(dataset: Dataset, what: str, root: str | Path | None = None) -> Path:
     """The release file or folder an import reads, checked to exist (before any cache is
     opened: a failed import leaves no empty cache behind)."""
     kind, _, arg = what.partition(":")
     if kind == "captions":
+        check_importable(arg or "minigptv2")
         src = caption_folder(data_root(root), dataset, arg or "minigptv2")
         if not src.is_dir():
             raise DataError(f"caption folder {src} not found (expected <vid>.jsonl files for {dataset.label})")
