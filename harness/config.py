@@ -132,6 +132,7 @@ class ExperimentConfig:
         """`<name>-<hash>` as one safe path component (the run's folder under `runs/`): a
         name with '/', '..' or spaces cannot make a run write outside its folder."""
         safe = _UNSAFE_IN_FOLDER.sub("_", self.name).strip("._") or "run"
+        safe = safe.encode("utf-8")[:120].decode("utf-8", "ignore")  # file names are <= 255 bytes
         return f"{safe}-{self.hash()}"
 
     def hash(self) -> str:

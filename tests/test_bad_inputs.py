@@ -571,3 +571,46 @@ def test_two_processes_creating_one_mlflow_store_do_not_race(tmp_path: Path) -> 
     with ctx.Pool(2) as pool:
         ids = pool.starmap(_open_tracker, [(uri, "sweep-a"), (uri, "sweep-a")])
     assert ids[0] == ids[1]
+
+
+def test_out_that_holds_other_files_is_refused_and_kept(ws: Workspace, demo_cache: Path) -> None:
+    """A run replaces an earlier run folder at --out, never a folder of other files."""
+    mine = ws.write("results/notes.txt", "my notes")
+    ws.run("run", str(REPO / "experiments" / "demo.yaml"), "--cache", str(demo_cache), "--out",
+           str(ws.root / "results"), names=("results", "notes.txt", "new folder or an earlier run folder"))
+    assert mine.read_text() == "my notes"
+    afile = ws.write("a-file", "x")
+    ws.run("run", str(REPO / "experiments" / "demo.yaml"), "--cache", str(demo_cache), "--out", str(afile),
+           names=("a-file", "not a folder"))
+    out = ws.root / "r"
+    for _ in range(2):  # an earlier run folder is replaced whole
+        assert main(["run", str(REPO / "experiments" / "demo.yaml"), "--cache", str(demo_cache), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "predictions.jsonl", "run_info.json"]
+    assert sorted(p.name for p in ws.root.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_cache_this_user_cannot_write_is_read_unless_it_has_unmerged_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.cache.store as store_mod
+    from harness.cache.store import Cache
+    from harness.core.errors import HarnessError
+
+    root = tmp_path / "shared"
+    writer = Cache(root)
+    writer.put_embeddings("emb", ["a"], np.ones((1, 2), dtype=np.float32))
+    writer.close()  # the last connection merges the WAL into the database
+    real = os.access
+    monkeypatch.setattr(store_mod.os, "access", lambda p, mode: False if mode == os.W_OK else real(p, mode))
+    assert Cache(root, readonly=True).get_embeddings("emb", ["a"]).sum() == 2  # read as immutable
+    (root / "cache.sqlite-wal").write_bytes(b"x" * 100)
+    with pytest.raises(HarnessError, match="unmerged writes"):
+        Cache(root, readonly=True).get_embeddings("emb", ["a"])
+    with pytest.raises(HarnessError, match="read-only for this user"):
+        Cache(root).put_embeddings("emb", ["b"], np.ones((1, 2), dtype=np.float32))
+
+
+def test_passwords_never_reach_an_error_line(ws: Workspace, demo_cache: Path) -> None:
+    space = _space(ws)
+    err = ws.run("sweep", str(space), "--demo", "--cache", str(demo_cache), "--storage",
+                 "postgres://ana:s3cret@db/x?password=s3cret", names=("unknown scheme", "ana:***@db"))
+    assert "s3cret" not in err

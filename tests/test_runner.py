@@ -231,6 +231,7 @@ def test_source_tags_name_the_command_and_mask_url_passwords(monkeypatch: pytest
     assert redact("granalign sweep s.yaml --storage postgresql://ana:s3cr:et@db:5432/g --workers 2") == (
         "granalign sweep s.yaml --storage postgresql://ana:***@db:5432/g --workers 2")
     assert redact("sqlite:///optuna.db http://host:5000") == "sqlite:///optuna.db http://host:5000"
+    assert redact("postgresql://db/g?user=a&password=pw") == "postgresql://db/g?user=a&password=***"
 
 
 def test_an_experiment_made_without_its_kind_gets_it(tmp_path: Path) -> None:

@@ -68,10 +68,10 @@ MATRIX_ATOL = 1e-4  # unit-norm embeddings: float noise is ~1e-7, another model 
 
 def merge_caches(sources: Sequence[str | Path], into: str | Path, progress: bool = True) -> MergeReport:
     """Copy into `into` everything `sources` hold that it lacks; conflicts are errors."""
+    opened = [Cache(p, readonly=True, must_exist=True) for p in sources]  # every source exists, first
     target = Cache(into)
     report = MergeReport(str(target.root), [str(s) for s in sources])
-    for src_path in sources:
-        src = Cache(src_path, readonly=True, must_exist=True)
+    for src in opened:
         if src.root.resolve() == target.root.resolve():
             raise HarnessError(f"cannot merge {src.root} into itself")
         _merge_entries(src, target, report, progress)

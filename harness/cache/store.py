@@ -203,7 +203,15 @@ class Cache:
             elif self.readonly:
                 # a WAL database read by a user who cannot write its folder cannot make the
                 # `-shm` file that mode=ro needs: read it as immutable (nobody writes it then)
-                flags = "mode=ro" if os.access(self.root, os.W_OK) else "immutable=1"
+                flags = "mode=ro"
+                if not os.access(self.root, os.W_OK):
+                    wal = self.db_path.with_name(self.db_path.name + "-wal")
+                    if wal.exists() and wal.stat().st_size > 0:
+                        raise HarnessError(
+                            f"{self.db_path}: this user cannot write the cache folder, and the cache has "
+                            f"unmerged writes ({wal.name}); its owner can merge them by running any "
+                            "granalign cache command (e.g. `granalign cache stats`)")
+                    flags = "immutable=1"
                 con = sqlite3.connect(f"file:{self.db_path}?{flags}", uri=True, timeout=60)
             else:
                 if not os.access(self.root, os.W_OK) or (self.db_path.exists() and not os.access(self.db_path, os.W_OK)):

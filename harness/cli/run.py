@@ -14,6 +14,7 @@ from harness.cache import open_cache
 from harness.cli.common import add_cache_arg, add_substitute_arg, nonnegative_int, positive_int
 from harness.config import load_config, parse_override
 from harness.core.errors import DataError
+from harness.core.io import json_safe
 from harness.core.results import MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
 from harness.eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, compare, intervals
@@ -45,6 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         res = run_config(cfg, args.out, cache, args.data_root, parse_substitutions(args.substitute or []))
     except MissingInputs as e:
         print(f"granalign run: {e}", file=sys.stderr)
+        if getattr(cache, "empty", False):
+            print(f"note: there is no cache at {cache.root} (no cache.sqlite): is --cache or "
+                  "$GRANALIGN_CACHE right, and was `make cache-qvh` run from this folder?", file=sys.stderr)
         return 3
     if res["info"]["substitutions"]:
         print(f"inputs missing: computed with the substitution(s) {res['info']['substitutions']} "
@@ -67,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.ci:
         result["intervals"] = {k: [v.low, v.high] for k, v in intervals(pq, args.resamples, args.seed).items()}
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_safe(result), indent=2, allow_nan=False))
         return 0
     print(f"predictions: {args.pred} ({len(dataset)} queries)")
     print(format_metrics(result, args.dataset))

@@ -43,6 +43,8 @@ def user_message(e: BaseException) -> str | None:
                 errno.EACCES: " (this user may not write or read here)",
                 errno.EDQUOT: " (over the disk quota)"}.get(e.errno or 0, "")
         return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
+    if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+        return f"an SQLite database stayed locked by another process for too long ({e}); run again"
     if isinstance(e, sqlite3.DatabaseError):
         return f"an SQLite database is damaged or unreadable ({e})"
     if type(e).__module__.startswith("sqlalchemy") and type(e).__name__ in ("DatabaseError", "OperationalError"):

@@ -8,6 +8,8 @@ file.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import math
@@ -28,8 +30,17 @@ def sha256_hex(text: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+def _read_umask() -> int:
+    """The umask, read without changing it (from /proc: setting and restoring it would race
+    with another thread creating a file); where /proc is missing, set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -37,12 +48,12 @@ def _umask() -> int:
 def file_mode() -> int:
     """The mode `open()` would give a new file: 0o666 less the umask (a temp file is 0o600,
     which would make a cache or `runs/` shared with a group half unreadable)."""
-    return 0o666 & ~_umask()
+    return 0o666 & ~_read_umask()
 
 
 def folder_mode() -> int:
     """The mode `mkdir` would give a new folder: 0o777 less the umask (mkdtemp gives 0o700)."""
-    return 0o777 & ~_umask()
+    return 0o777 & ~_read_umask()
 
 
 def json_safe(obj: Any) -> Any:
@@ -56,15 +67,45 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+_RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths atomically
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL):  # old kernel or a file system without it
+            return False
+        raise OSError(err, os.strerror(err), str(b))
+    return True
+
+
 def replace_folder(new: Path, dest: Path) -> None:
-    """Put the complete folder `new` at `dest` by renames: a reader sees the old folder or
-    the new one. A folder already at `dest` is moved aside first and removed afterwards."""
+    """Put the complete folder `new` at `dest`: a reader, or a crash, sees the old folder or
+    the new one, never neither. An existing `dest` is swapped with `new` in one atomic
+    step (Linux renameat2), then removed; where that is not available it is moved aside,
+    and moved back if the second rename fails."""
     if not dest.exists():
         os.replace(new, dest)
         return
+    if _exchange(new, dest):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old folder
+        return
     old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
     os.replace(dest, old / "folder")
-    os.replace(new, dest)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(old / "folder", dest)
+        old.rmdir()
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -109,12 +109,13 @@ Outcome = Mapping[str, Any] | Missing | Failed | SameAs  # metrics, or why there
 class MissingInputs(HarnessError):
     """The cache (or the data root) cannot feed a run; every gap is listed, nothing is written."""
 
-    def __init__(self, missing: Sequence[Missing], dataset: str = "") -> None:
+    def __init__(self, missing: Sequence[Missing], dataset: str = "", note: str = "") -> None:
         self.missing = list(missing)
         self.dataset = dataset
         lines = "\n".join(f"  - {m}" for m in self.missing)
         super().__init__(
             f"the cache cannot feed this run on {dataset or 'this dataset'}; nothing was written:\n{lines}"
+            + (f"\n  note: {note}" if note else "")
         )
 
     @property

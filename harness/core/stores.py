@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,15 @@ from harness.core.errors import ConfigError, HarnessError
 SQLITE_MAGIC = b"SQLite format 3\x00"
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
 MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@\s]*@")
+_QUERY_PASSWORD = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every URL password masked (`scheme://user:***@host`, `?password=***`)."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 class StoreError(HarnessError):
@@ -43,7 +54,7 @@ def check_sqlite_file(path: Path, what: str, must_exist: bool = False) -> None:
     if not path.parent.is_dir():
         raise StoreError(f"{path}: the folder of the {what} does not exist ({path.parent}); "
                          "create it, or fix the path")
-    if not path.exists():
+    if not path.exists() or (must_exist and path.stat().st_size == 0):
         if must_exist:
             raise StoreError(f"{path}: no {what} here")
         return
@@ -61,7 +72,7 @@ def check_store_url(url: str, what: str, schemes: tuple[str, ...], must_exist: b
     """A store URL whose scheme is one of `schemes` (and, for SQLite, a usable file)."""
     scheme = url_scheme(url)
     if scheme not in schemes:
-        raise ConfigError(f"{what} {url!r}: unknown scheme {scheme or '(none)'!r}; expected one of "
+        raise ConfigError(f"{what} {redact(url)!r}: unknown scheme {scheme or '(none)'!r}; expected one of "
                           f"{', '.join(s + '://...' for s in schemes)}")
     db = sqlite_path(url)
     if db is not None:
@@ -89,14 +100,18 @@ def file_lock(path: Path | None) -> Iterator[None]:
                     del _HELD[key]
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        # read-only is enough for flock: another user's lock file (0644) can be locked too
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             _HELD[key] = 1
             try:
                 yield
             finally:
                 del _HELD[key]
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def lock_beside(db: Path | None) -> Path | None:

@@ -14,7 +14,8 @@ so that 17,000 queries x 1,000 resamples fit in memory.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,11 @@ def _size(per_query: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> int:
     return sizes.pop()
 
 
-def save_per_query(path: Path, per_query: PerQuery) -> None:
-    """Per-query values and masks as one `.npz` (written atomically)."""
-    arrays = {}
+def save_per_query(path: Path, per_query: PerQuery, qids: Sequence[int] = (), fingerprint: str = "") -> None:
+    """Per-query values and masks as one `.npz` (written atomically), with the query ids
+    they are in the order of and the fingerprint of the cache they were computed from."""
+    arrays: dict[str, np.ndarray] = {"meta:qids": np.asarray(qids, dtype=np.int64),
+                                     "meta:fingerprint": np.array(fingerprint)}
     for key, (values, mask) in per_query.items():
         arrays[f"values:{key}"] = values
         arrays[f"mask:{key}"] = mask
@@ -140,7 +143,29 @@ def save_per_query(path: Path, per_query: PerQuery) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+@dataclass(frozen=True)
+class SavedPerQuery:
+    per_query: PerQuery
+    qids: np.ndarray  # the queries, in the order of the arrays (empty: not recorded)
+    fingerprint: str  # the cache the values were computed from ("" not recorded)
+
+
+def read_per_query(path: Path) -> SavedPerQuery | None:
+    """What `save_per_query` wrote; None for a file that is not one (damaged, truncated,
+    written by an older version): the caller computes it again."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = [k[len("values:"):] for k in data.files if k.startswith("values:")]
+            pq = {k: (data[f"values:{k}"], data[f"mask:{k}"].astype(bool)) for k in keys}
+            qids = data["meta:qids"] if "meta:qids" in data.files else np.zeros(0, dtype=np.int64)
+            fp = str(data["meta:fingerprint"]) if "meta:fingerprint" in data.files else ""
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return SavedPerQuery(pq, qids, fp)
+
+
 def load_per_query(path: Path) -> PerQuery:
-    with np.load(path, allow_pickle=False) as data:
-        keys = [k[len("values:"):] for k in data.files if k.startswith("values:")]
-        return {k: (data[f"values:{k}"], data[f"mask:{k}"].astype(bool)) for k in keys}
+    saved = read_per_query(path)
+    if saved is None:
+        raise ValueError(f"{path}: not a per-query results file")
+    return saved.per_query

@@ -284,8 +284,10 @@ def _parse_table(data: Mapping[str, Any], path: Path) -> TableSpec:
         names.add(row.name)
         rows.append(row)
     reference = data.get("reference")
-    if reference is not None and reference not in names:
-        raise TableError(f"{where}: reference {reference!r} is not a row; rows: {', '.join(r.name for r in rows)}")
+    runnable = [r.name for r in rows if r.overrides is not None]
+    if reference is not None and reference not in runnable:
+        raise TableError(f"{where}: reference {reference!r} is not a row we compute; rows with a config: "
+                         f"{', '.join(runnable)}")
     return replace(spec_stub, rows=tuple(rows), reference=reference)
 
 
@@ -431,15 +433,19 @@ class Uncertainty:
     `cells[row][metric key] = (low, high, p)`: the 95 % interval and, for rows other than
     the reference, the paired bootstrap p-value of the difference (None for the reference)."""
 
-    reference: str
+    reference: str | None  # None: no paired tests (`why_untested` says why)
     cells: Mapping[str, Mapping[str, tuple[float, float, float | None]]]
     n_resamples: int
     seed: int
+    why_untested: str = ""
 
     def note(self) -> str:
-        return (f"[low, high]: 95 % bootstrap interval over queries ({self.n_resamples} resamples, seed "
-                f"{self.seed}); {NOT_SIGNIFICANT}: not significantly different from row {self.reference} "
-                "(paired bootstrap, p >= 0.05).")
+        head = (f"[low, high]: 95 % bootstrap interval over queries ({self.n_resamples} resamples, seed "
+                f"{self.seed}); ")
+        if self.reference is None:
+            return head + f"no paired tests: {self.why_untested}."
+        return head + (f"{NOT_SIGNIFICANT}: not significantly different from row {self.reference} "
+                       "(paired bootstrap, p >= 0.05).")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import queue
 import re
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -35,6 +36,7 @@ from harness.core.stores import (
     check_store_url,
     file_lock,
     lock_beside,
+    redact,
     sqlite_path,
 )
 from harness.data.spec import dataset_spec
@@ -123,6 +125,14 @@ class Tracker:
 
         self.uri = check_tracking_uri(uri, must_exist=not create)
         db = sqlite_path(self.uri)
+        if db is not None and not create:  # a reader must not make MLflow's schema in another file
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                has = con.execute("SELECT 1 FROM sqlite_master WHERE name='experiments'").fetchone()
+            finally:
+                con.close()
+            if not has:
+                raise StoreError(f"{db}: not an MLflow tracking store (no experiments table)")
         # MLflow creates (or migrates) an SQLite store's schema on first use: two processes
         # doing it at once fail on `_alembic_tmp_experiments`, so it happens under a lock
         with file_lock(lock_beside(db) if create else None):  # a reader creates no lock file
@@ -131,7 +141,7 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(experiment)
             except Exception as e:
                 if type(e).__name__ in ("DatabaseError", "OperationalError", "MlflowException"):
-                    raise StoreError(f"{db or self.uri}: the MLflow tracking store cannot be opened "
+                    raise StoreError(f"{db or redact(self.uri)}: the MLflow tracking store cannot be opened "
                                      f"({str(e).splitlines()[0][:300]})") from None
                 raise
         if exp is None and not create:
@@ -150,7 +160,7 @@ class Tracker:
                 self.experiment_id = exp.experiment_id
         else:
             self.experiment_id = exp.experiment_id
-            if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older version, or by hand
+            if create and EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older version, or by hand
                 self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML_KIND)
         self.experiment = experiment
         self._pending: dict[str, _Pending] = {}
@@ -290,8 +300,9 @@ class Tracker:
         """Wait until every finished run has been written (background mode)."""
         if self._queue is not None:
             self._queue.join()
-        if self._errors:
-            raise self._errors[0]
+        errors, self._errors = self._errors, []  # raised once: the next row starts clean
+        if errors:
+            raise errors[0]
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -363,14 +374,6 @@ class RunWriter:
         self.process.join()
         if self.process.exitcode:
             raise RuntimeError(f"the MLflow writer process exited with {self.process.exitcode}")
-
-
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@\s]*@")
-
-
-def redact(text: str) -> str:
-    """`text` with the password of every URL in it (`scheme://user:password@host`) masked."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def command_line() -> str:

@@ -44,6 +44,7 @@ from harness.core.stores import (
     check_store_url,
     file_lock,
     lock_beside,
+    redact,
     sqlite_path,
     thread_lock,
 )
@@ -51,6 +52,7 @@ from harness.core.stores import (
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 STORAGE_ENV = "GRANALIGN_OPTUNA_STORAGE"
 WORKER_ATTR = "granalign.worker"
+REAPED_ATTR = "granalign.reaped"  # study attr: trials failed because their worker died
 HEARTBEAT_INTERVAL = 2.0  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20.0  # seconds without a heartbeat after which another host's trial is stale
 MAX_RETRY = 2
@@ -106,7 +108,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError) as e:
-            raise StoreError(f"{db or url}: the Optuna storage cannot be opened "
+            raise StoreError(f"{db or redact(url)}: the Optuna storage cannot be opened "
                              f"({getattr(e, 'orig', None) or e})") from None
 
 
@@ -215,6 +217,9 @@ def reap_dead_trials(study: optuna.Study, retry: Callable[..., None] | None = No
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 retry(study, frozen)
+    if failed:  # remembered, so that a FINISHED run of a reaped trial is known to be an orphan
+        reaped = set(study.user_attrs.get(REAPED_ATTR, []))
+        study.set_user_attr(REAPED_ATTR, sorted(reaped | {t.number for t in failed}))
     return failed
 
 
@@ -239,11 +244,12 @@ def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str) -> int:
     """MLflow child runs that their trial's worker left behind when it died: KILLED.
 
     A RUNNING run whose trial is no longer RUNNING (killed while computing), and a FINISHED
-    run whose trial failed (killed after the run was written, before the trial was told:
-    the row is computed again, and only the new run counts). The trial is found by the
-    child's `trial` tag, so a worker killed between opening the child and recording its run
-    id leaves no stray run either."""
+    run whose trial was reaped (killed after the run was written, before the trial was told:
+    the row is computed again, and only the new run counts; a trial that failed on its own,
+    e.g. a NaN objective, keeps its run). The trial is found by the child's `trial` tag, so
+    a worker killed between opening the child and recording its run id leaves no stray run."""
     state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    reaped = set(study.user_attrs.get(REAPED_ATTR, []))
     closed = 0
     for run in tracker.children(parent_id):
         number = run.data.tags.get("trial")
@@ -251,7 +257,7 @@ def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str) -> int:
             continue
         trial_state = state.get(int(number))
         if (run.info.status == "RUNNING" and trial_state != TrialState.RUNNING) or (
-                run.info.status == "FINISHED" and trial_state == TrialState.FAIL):
+                run.info.status == "FINISHED" and trial_state == TrialState.FAIL and int(number) in reaped):
             tracker.set_tags(run.info.run_id, {"granalign.orphan": f"trial {number} {trial_state.name if trial_state else 'gone'}"})
             tracker.finish(run.info.run_id, "KILLED")
             closed += 1

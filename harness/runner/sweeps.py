@@ -234,10 +234,12 @@ def write_best_config(path: str | Path, space: str | Path, summary: Mapping[str,
     best = summary["best"][0]
     cfg = best_config(spec, best["params"], overrides)
     cfg = cfg.replace(name=f"best-{spec.name}", tags={})
+    subs = list(overrides.get("substitute") or [])
+    values = ", ".join(f"{m} = {v}" for (m, _), v in zip(spec.objectives, best["values"], strict=True))
     header = (f"# The best trial of sweep {spec.name} ({spec.path}), study {summary.get('study')}: trial "
-              f"{best['number']}, {', '.join(f'{m} = {v}' for (m, _), v in zip(spec.objectives, best['values'], strict=True))}"
-              f"\n# Written by `granalign sweep --best-config`; `granalign run` on this file reproduces it.\n")
-    data = {k: v for k, v in cfg.to_dict().items() if k != "tags"}
+              f"{best['number']}, {values}\n# Written by `granalign sweep --best-config`; `granalign run` on this "
+              f"file reproduces it{' with --substitute ' + ' --substitute '.join(subs) if subs else ''}.\n")
+    data = {k: v for k, v in cfg.to_dict().items() if k not in ("tags", "substitute")}
     atomic_write_text(Path(path), header + yaml.safe_dump(data, sort_keys=False))
     return cfg
 
@@ -408,7 +410,10 @@ def check_inputs(spec: SweepSpec, settings: Settings) -> None:
         except MissingInputs as e:
             gaps.extend(m for m in e.missing if m not in gaps)
     if gaps:
-        raise MissingInputs(gaps, base.dataset)
+        cache = pools(base.dataset).cache
+        raise MissingInputs(gaps, base.dataset, note=(
+            f"there is no cache at {cache.root} (no cache.sqlite): is --cache or $GRANALIGN_CACHE right?"
+            if getattr(cache, "empty", False) else ""))
 
 
 def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool = True) -> dict[str, Any]:

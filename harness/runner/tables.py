@@ -44,9 +44,10 @@ from harness.data.spec import dataset_spec, source_digest
 from harness.eval.bootstrap import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
+    SavedPerQuery,
     compare,
     intervals,
-    load_per_query,
+    read_per_query,
     save_per_query,
 )
 from harness.eval.protocols import PerQuery, brief
@@ -68,6 +69,7 @@ from harness.runner.settings import DEMO_OVERRIDES, Pools, Settings
 from harness.runner.trial import SUBSTITUTIONS_TAG, get_or_substitute, ground_truth_gap, trial
 
 REFERENCE_TAG = "granalign.reference_row"  # the row a table's paired tests compare against
+UNTESTED_TAG = "granalign.untested"  # why a table's rows have no paired tests ("" they have)
 BOOTSTRAP_TAG = "granalign.bootstrap"  # "<resamples>/<seed>" of the intervals on a row's run
 
 FAIL_ROWS_ENV = "GRANALIGN_TEST_FAIL_ROWS"  # test hook: comma list of rows that raise
@@ -247,7 +249,8 @@ class RowWorker:
                         highlights=any(k.startswith("HL-") for k in self.spec.columns.values()),
                         per_query=per_query)
             pq_path = per_query_path(self.settings, self.study_name, row, cfg)
-            save_per_query(pq_path, per_query)  # what the table's intervals and tests resample
+            save_per_query(pq_path, per_query, [q.qid for q in prep.queries],
+                           prep.fingerprint)  # what the table's intervals and tests resample
             if not self.settings.artifacts:
                 res = {"metrics": res}
             metrics = brief(res["metrics"])
@@ -425,7 +428,7 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
     _log_parent_datasets(tracker, parent_id, pools, compute)
     # the table's reference row, or the row it is the same computation as (a substitution)
     reference = same[spec.reference].row if spec.reference in same else spec.reference
-    unc = uncertainty(spec, row_per_query(spec, settings, name, {r: compute[r] for r in done}, pools),
+    unc = uncertainty(spec, row_per_query(spec, settings, name, {r: compute[r] for r in done}, done, pools),
                       reference=reference)
     if unc is not None:
         _log_uncertainty(tracker, parent_id, done, unc)
@@ -443,50 +446,60 @@ def per_query_path(settings: Settings, study: str, row: str, cfg: ExperimentConf
 
 
 def row_per_query(spec: TableSpec, settings: Settings, study: str, configs: Mapping[str, ExperimentConfig],
-                  pools: Pools) -> dict[str, PerQuery]:
-    """Each computed row's per-query results: the file its worker saved, or (a row computed
-    before per-query files existed, or on another machine) computed again here from the
-    cache, which is pure computation and logs nothing. Rows whose inputs are not on this
-    machine are left out."""
-    out: dict[str, PerQuery] = {}
+                  done: Mapping[str, Any], pools: Pools) -> dict[str, SavedPerQuery]:
+    """Each computed row's per-query results, from the cache its number came from: the file
+    its worker saved, or (a row computed before per-query files existed, or on another
+    machine) computed again here, pure computation that logs nothing, but only where this
+    cache has the fingerprint the row was computed with. Rows that cannot be had so are
+    left out (their numbers stand, without an interval)."""
+    out: dict[str, SavedPerQuery] = {}
     highlights = any(k.startswith("HL-") for k in spec.columns.values())
     for row, cfg in configs.items():
+        want = done[row].user_attrs.get("cache_fingerprint", "")
         path = per_query_path(settings, study, row, cfg)
-        if path.is_file():
-            out[row] = load_per_query(path)
+        saved = read_per_query(path) if path.is_file() else None
+        if saved is not None and saved.fingerprint == want and len(saved.qids):
+            out[row] = saved
             continue
         try:
-            pq: PerQuery = {}
-            trial(pools(cfg.dataset).get(cfg), cfg, highlights=highlights, per_query=pq)
-        except Exception:  # noqa: BLE001 - no interval for this row; its number stands
+            prep = pools(cfg.dataset).get(cfg)
+        except (MissingInputs, DataFileMissing):
             continue
-        save_per_query(path, pq)
-        out[row] = pq
+        if want and prep.fingerprint != want:
+            continue  # this machine's cache is not the one the row's number came from
+        pq: PerQuery = {}
+        trial(prep, cfg, highlights=highlights, per_query=pq)
+        qids = [q.qid for q in prep.queries]
+        save_per_query(path, pq, qids, prep.fingerprint)
+        out[row] = SavedPerQuery(pq, np.asarray(qids), prep.fingerprint)
     return out
 
 
-def uncertainty(spec: TableSpec, per_query: Mapping[str, PerQuery], n_resamples: int = DEFAULT_RESAMPLES,
+def uncertainty(spec: TableSpec, per_query: Mapping[str, SavedPerQuery], n_resamples: int = DEFAULT_RESAMPLES,
                 seed: int = DEFAULT_SEED, reference: str | None = None) -> Uncertainty | None:
     """95 % intervals of every computed cell, and paired tests of each row against the
-    reference row (`reference`, else the table's, else the first computed row), from the
-    rows' per-query results (row -> PerQuery)."""
+    reference row (`reference`, else the table's `reference:`, else, for a table that names
+    none, the first computed row) on the same queries. A named reference without per-query
+    results here means no tests (the note says so), never a test against another row."""
     if not per_query:
         return None
     order = [r.name for r in spec.rows if r.name in per_query]
-    reference = reference or spec.reference
-    reference = reference if reference in per_query else order[0]
+    named = reference or spec.reference
+    ref_row = named if named is not None else order[0]
+    why = "" if ref_row in per_query else f"row {ref_row} (the reference) has no per-query results here"
     keys = set(spec.columns.values())
     cells: dict[str, dict[str, tuple[float, float, float | None]]] = {}
-    ref = {k: v for k, v in per_query[reference].items() if k in keys}
+    ref = {k: v for k, v in per_query[ref_row].per_query.items() if k in keys} if not why else {}
     for row in order:
-        mine = {k: v for k, v in per_query[row].items() if k in keys}
+        mine = {k: v for k, v in per_query[row].per_query.items() if k in keys}
         if not mine:
             continue
         ci = intervals(mine, n_resamples, seed)
-        paired = row != reference and ref and len(next(iter(mine.values()))[0]) == len(next(iter(ref.values()))[0])
+        paired = (bool(ref) and row != ref_row
+                  and np.array_equal(per_query[row].qids, per_query[ref_row].qids))
         tests = compare(ref, mine, n_resamples, seed) if paired else {}
         cells[row] = {k: (v.low, v.high, tests[k].p if k in tests else None) for k, v in ci.items()}
-    return Uncertainty(reference, cells, n_resamples, seed)
+    return Uncertainty(None if why else ref_row, cells, n_resamples, seed, why)
 
 
 def _log_uncertainty(tracker: Tracker, parent_id: str, done: Mapping[str, Any], unc: Uncertainty) -> None:
@@ -504,19 +517,21 @@ def _log_uncertainty(tracker: Tracker, parent_id: str, done: Mapping[str, Any], 
             if p is not None:
                 metrics[f"{metric_key(key)}_p_vs_reference"] = p
         tracker.log_metrics(run_id, metrics)
-        tracker.set_tags(run_id, {REFERENCE_TAG: unc.reference, BOOTSTRAP_TAG: f"{unc.n_resamples}/{unc.seed}"})
+        tracker.set_tags(run_id, {REFERENCE_TAG: unc.reference or "", BOOTSTRAP_TAG: f"{unc.n_resamples}/{unc.seed}",
+                                  UNTESTED_TAG: unc.why_untested})
         tracker.finish_pending(run_id)
 
 
 def _uncertainty_from_runs(spec: TableSpec, runs: Mapping[str, Any]) -> Uncertainty | None:
     """The intervals and p-values `_log_uncertainty` put on the rows' MLflow runs."""
     cells: dict[str, dict[str, tuple[float, float, float | None]]] = {}
-    reference, setup = None, None
+    reference, setup, why = None, None, ""
     for row, run in runs.items():
         m, tags = run.data.metrics, run.data.tags
         if REFERENCE_TAG not in tags:
             continue
         reference, setup = tags[REFERENCE_TAG], tags.get(BOOTSTRAP_TAG, f"{DEFAULT_RESAMPLES}/{DEFAULT_SEED}")
+        why = tags.get(UNTESTED_TAG, "")
         cells[row] = {
             key: (m[f"{metric_key(key)}_ci_low"], m[f"{metric_key(key)}_ci_high"],
                   m.get(f"{metric_key(key)}_p_vs_reference"))
@@ -525,7 +540,7 @@ def _uncertainty_from_runs(spec: TableSpec, runs: Mapping[str, Any]) -> Uncertai
     if reference is None or setup is None:
         return None
     n, seed = (int(x) for x in setup.split("/"))
-    return Uncertainty(reference, cells, n, seed)
+    return Uncertainty(reference or None, cells, n, seed, why)
 
 
 def _log_parent_datasets(tracker: Tracker, parent_id: str, pools: Pools,

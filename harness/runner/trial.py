@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -24,6 +25,7 @@ from harness.build.backends import REWRITERS
 from harness.cache.embedders import embedder_model_id
 from harness.cache.store import Cache
 from harness.config import ExperimentConfig
+from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_text, folder_mode, json_safe, replace_folder
 from harness.core.provenance import git_commit, package_versions
 from harness.core.query import Dataset
@@ -194,6 +196,24 @@ def run_config(
     return {"out": str(out), "metrics": metrics, "info": info, "missing": no_gt}
 
 
+RUN_FILES = ("predictions.jsonl", "metrics.json", "config.yaml", "run_info.json")
+
+
+def check_run_folder(out: Path) -> None:
+    """`out` is new, or an earlier run folder (which a rerun replaces): never a file, nor a
+    folder that holds anything else, which replacing it would delete."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise HarnessError(f"{out}: exists and is not a folder; --out names the run's folder")
+    other = sorted(p.name for p in out.iterdir()
+                   if p.name not in RUN_FILES and not re.fullmatch(r"hl_\w+_submission\.jsonl", p.name))
+    if other:
+        raise HarnessError(f"{out}: holds files that are not a run's ({', '.join(other[:3])}"
+                           f"{', ...' if len(other) > 3 else ''}); --out must be a new folder or an earlier "
+                           "run folder, which the run replaces")
+
+
 def write_outputs(
     out: Path, cfg: ExperimentConfig, rows: Iterable[dict[str, Any]], metrics: dict[str, Any] | None,
     info: dict[str, Any], submission: str = "",
@@ -204,6 +224,7 @@ def write_outputs(
     folder of the same name stays until the new one is complete). Metrics that are not
     numbers (an empty split's NaN, as the official code gives) are written as null: strict
     JSON readers refuse NaN."""
+    check_run_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
