@@ -31,8 +31,7 @@ from harness.cache.store import Cache  # noqa: E402
 from harness.config import load_config  # noqa: E402
 from harness.data import load_dataset  # noqa: E402
 from harness.eval.protocols import brief  # noqa: E402
-from harness.method.sources import InputPool  # noqa: E402
-from harness.runner.trial import trial  # noqa: E402
+from harness.runner.trial import InputPool, trial  # noqa: E402
 
 
 def main() -> int:
