@@ -72,3 +72,21 @@ def real_cache(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Any
     import_paraphrases(cache, ds, root=data_root, strict_qids=False, progress=False)
     embed_dataset(cache, ds, build_embedder("minilm"), progress=False)
     return cache
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Name the PostgreSQL tests' outcomes in the log, where `-q` would show only dots: CI
+    must show them passing against its server, not skipped."""
+    outcomes: dict[str, list[str]] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") in ("call", "setup") and "test_postgres.py" in report.nodeid:
+                if outcome == "passed" and report.when != "call":
+                    continue
+                outcomes.setdefault(outcome, []).append(report.nodeid.split("::")[-1])
+    if outcomes:
+        url = os.environ.get("GRANALIGN_TEST_POSTGRES_URL", "no server")
+        where = url.rsplit("@", 1)[-1] if "@" in url else url
+        terminalreporter.write_line(
+            "PostgreSQL tests (" + where + "): "
+            + "; ".join(f"{len(v)} {k}: {', '.join(v)}" for k, v in outcomes.items()))
