@@ -26,7 +26,7 @@ from typing import Any
 from harness.build.backends import FRAME_FILTERS, REWRITERS
 from harness.cache.embedders import DTYPES, EMBEDDERS
 from harness.cache.producers import captioners, instruction_pairs
-from harness.core.constants import M_MAX
+from harness.core.constants import M_MAX, MAX_WINDOWS
 from harness.core.errors import ConfigError
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.registry import Registry, RegistryError
@@ -157,7 +157,6 @@ class ExperimentConfig:
 
 _FIELD_NAMES = {f.name for f in fields(ExperimentConfig)}
 
-MAX_WINDOWS = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNSAFE_IN_FOLDER = re.compile(r"[^\w.+=-]+")
 # (key, check, what is expected) for every numeric field (and the run name)

@@ -145,6 +145,14 @@ class CacheCorrupt(HarnessError):
     """A cached file whose bytes are not the ones recorded; the message names the file."""
 
 
+def _create_schema(con: sqlite3.Connection) -> None:
+    """The cache's tables, one statement at a time: executescript() would COMMIT an open
+    transaction itself."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            con.execute(statement)
+
+
 class Cache:
     """SQLite text store + `.npy` matrix store under one folder.
 
@@ -182,13 +190,19 @@ class Cache:
             # executescript() would COMMIT the open transaction itself (and _Tx's COMMIT
             # then fails), so the statements run one by one inside one transaction
             with self._tx() as con:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        con.execute(statement)
+                _create_schema(con)
                 have = {row[1] for row in con.execute("PRAGMA table_info(embeddings)")}
                 for column, decl in _EMBEDDING_COLUMNS.items():  # caches written before these
                     if column not in have:
                         con.execute(f"ALTER TABLE embeddings ADD COLUMN {column} {decl}")
+
+    @property
+    def absence_note(self) -> str:
+        """Why a run found nothing, when the cause is the folder: told with the missing report."""
+        if not self.empty:
+            return ""
+        return (f"there is no cache at {self.root} (no cache.sqlite): is --cache or $GRANALIGN_CACHE "
+                "right, and was `make cache-qvh` run from this folder?")
 
     # -- connection ---------------------------------------------------------------------
     @property
@@ -197,9 +211,7 @@ class Cache:
         if con is None or getattr(self._local, "pid", None) != os.getpid():
             if self.empty:  # an in-memory database with the schema and no rows
                 con = sqlite3.connect(":memory:")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        con.execute(statement)
+                _create_schema(con)
             elif self.readonly:
                 # a WAL database read by a user who cannot write its folder cannot make the
                 # `-shm` file that mode=ro needs: read it as immutable (nobody writes it then)

@@ -46,9 +46,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         res = run_config(cfg, args.out, cache, args.data_root, parse_substitutions(args.substitute or []))
     except MissingInputs as e:
         print(f"granalign run: {e}", file=sys.stderr)
-        if getattr(cache, "empty", False):
-            print(f"note: there is no cache at {cache.root} (no cache.sqlite): is --cache or "
-                  "$GRANALIGN_CACHE right, and was `make cache-qvh` run from this folder?", file=sys.stderr)
         return 3
     if res["info"]["substitutions"]:
         print(f"inputs missing: computed with the substitution(s) {res['info']['substitutions']} "

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.core.constants import CLIP_SECONDS
+from harness.core.constants import CLIP_SECONDS, MAX_WINDOWS
 from harness.core.errors import DataError
 from harness.core.io import atomic_write_text
 from harness.core.query import Query
@@ -19,7 +19,6 @@ from harness.data.parsing import iter_jsonl
 PRED_FIELDS = ("qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores")
 
 
-MAX_WINDOWS_PER_QUERY = 1000  # the official evaluator reads the first 10; more is a bug, and memory
 SALIENCY_SLACK = 1  # clips: the official sample file has lists one short of ceil(duration / 2)
 WINDOW_END_FACTOR = 2.0  # an end past twice the video's duration means wrong units (frames, ms)
 
@@ -82,9 +81,9 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise DataError(
             f"{where}: field 'pred_relevant_windows' should be a list of [start, end, score]"
         )
-    if len(windows) > MAX_WINDOWS_PER_QUERY:
+    if len(windows) > MAX_WINDOWS:
         raise DataError(f"{where}: {len(windows)} pred_relevant_windows, expected at most "
-                        f"{MAX_WINDOWS_PER_QUERY} (the official evaluator reads the first 10)")
+                        f"{MAX_WINDOWS} (the official evaluator reads the first 10)")
     clean = []
     for k, w in enumerate(windows):
         if not isinstance(w, list | tuple) or len(w) != 3 or not all(_is_number(x) for x in w):

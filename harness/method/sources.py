@@ -258,7 +258,7 @@ def prepare(
         items = [kind.item(dataset.family, q) for q in queries]
         fetch(f"c:{c}", producer, items, "queries")
     if missing:
-        raise MissingInputs(missing, name)
+        raise MissingInputs(missing, name, note=cache.absence_note)
 
     # 2. texts -> embeddings
     def query_texts(x: str, i: int) -> list[str]:
@@ -293,7 +293,7 @@ def prepare(
         raise MissingInputs(
             [Missing.stage("embeddings", spec.embedder_model, emb_missing, emb_total, "text lists",
                            f"run: granalign cache embed --dataset {dataset.name}")],
-            name,
+            name, note=cache.absence_note,
         )
 
     # 3. frame counts: the agnostic captions (one per decoded frame), else the clip grid

@@ -410,10 +410,7 @@ def check_inputs(spec: SweepSpec, settings: Settings) -> None:
         except MissingInputs as e:
             gaps.extend(m for m in e.missing if m not in gaps)
     if gaps:
-        cache = pools(base.dataset).cache
-        raise MissingInputs(gaps, base.dataset, note=(
-            f"there is no cache at {cache.root} (no cache.sqlite): is --cache or $GRANALIGN_CACHE right?"
-            if getattr(cache, "empty", False) else ""))
+        raise MissingInputs(gaps, base.dataset, note=pools(base.dataset).cache.absence_note)
 
 
 def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool = True) -> dict[str, Any]:
