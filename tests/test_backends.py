@@ -239,7 +239,8 @@ def test_rewriter_prompts_follow_instruction_pairs(tiny_models: tiny.TinyModels)
     p = rw.prompts("A dog runs", 3)
     assert '"A dog runs"' in p["qs"] and "simple" in p["qs"].lower() and "5" in p["qd"]
     rendered = rw.render(p["qs"])
-    assert rendered.startswith("<|im_start|>user\n") and rendered.endswith("<|im_start|>assistant\n")
+    assert rendered.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")
+    assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     with pytest.raises(ValueError, match="valid: \\[1, 2, 3, 4, 5\\]"):
         rw.prompts("x", 9)
 
@@ -358,3 +359,199 @@ def test_unknown_backend_names_list_valid_ones() -> None:
                             (CAPTIONERS, "blip2"), (DECODERS, "pyav")):
         with pytest.raises(RegistryError, match=valid):
             registry.get("no-such-backend")
+
+
+# -- the real checkpoints' code paths ---------------------------------------------------------
+def test_clip_openai_tag_is_built_with_quick_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ViT-B-32` + tag `openai`, through open_clip's tag path (the download and the
+    checkpoint load replaced, everything else real): OpenAI's weights need QuickGELU."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    fetched: list[str] = []
+    monkeypatch.setattr(open_clip.factory, "download_pretrained",
+                        lambda cfg, **_: fetched.append(cfg["hf_hub"]) or "/fake/ViT-B-32.pt")
+    monkeypatch.setattr(open_clip.factory, "load_checkpoint", lambda model, path, **_: None)
+    ff = FRAME_FILTERS.build({"type": "clip-vit-b32", "device": "cpu"})  # the paper's default
+    ff.load()
+    assert fetched == ["timm/vit_base_patch32_clip_224.openai/"]
+    blocks = [*ff._model.visual.transformer.resblocks, *ff._model.transformer.resblocks]
+    assert len(blocks) == 24 and all(isinstance(b.mlp.gelu, QuickGELU) for b in blocks)
+    # a checkpoint file or random weights: the config decides (plain GELU for ViT-B-32)
+    plain = FRAME_FILTERS.build({"type": "clip-vit-b32", "model": "ViT-B-32/none", "device": "cpu"})
+    plain.load()
+    assert not isinstance(plain._model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_llama3_family_fixture_and_its_code_paths(tiny_models: tiny.TinyModels,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LLaMA-3 lookalike has what the real tokenizer and generation config have, and the
+    rewriter handles each: no pad token (pad = eos, left padding), BOS written by the chat
+    template and added again by the tokenizer if asked (one BOS only), sampling defaults
+    in the generation config (overridden: generation is greedy)."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, GenerationConfig
+
+    loads: list[dict] = []
+    real_load = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy_load(*args: object, **kw: object) -> object:
+        loads.append(kw)
+        return real_load(*args, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy_load)
+
+    raw = AutoTokenizer.from_pretrained(tiny_models.llama)
+    assert raw.pad_token is None and raw.bos_token == "<|begin_of_text|>"
+    assert raw("x")["input_ids"][0] == raw.bos_token_id  # the tokenizer prepends BOS
+    gen_cfg = GenerationConfig.from_pretrained(tiny_models.llama)
+    assert gen_cfg.do_sample and gen_cfg.temperature == 0.6 and gen_cfg.top_p == 0.9
+    rw = REWRITERS.build({"type": "hf-causal-lm", "model": str(tiny_models.llama), "device": "cpu",
+                          "max_new_tokens": 5, "attempts": 1})
+    prompts = ["a dog", "a much longer instruction about the moment in the video"]
+    enc = rw.encode(prompts)
+    assert rw._tok.pad_token == rw._tok.eos_token == "<|eot_id|>" and rw._tok.padding_side == "left"
+    for row, mask in zip(enc["input_ids"], enc["attention_mask"], strict=True):
+        real = row[mask.bool()].tolist()
+        assert real[0] == raw.bos_token_id and real.count(raw.bos_token_id) == 1
+    assert loads[0]["device_map"] == "cpu"  # weights go to the device as they load
+    assert next(rw._model.parameters()).device.type == "cpu"
+    batched = rw.generate(prompts)
+    assert batched == rw.generate(prompts)  # greedy, despite do_sample=True in the config
+    assert rw.generate(prompts[:1]) == batched[:1]  # left padding is masked out
+    # greedy = the argmax continuation, computed by hand
+    one = rw.encode(prompts[:1])
+    ids = one["input_ids"]
+    with torch.inference_mode():
+        for _ in range(5):
+            nxt = rw._model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+            if int(nxt) in rw._model.generation_config.eos_token_id:
+                break
+    manual = rw._tok.decode(ids[0, one["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert batched[0] == manual
+
+
+@pytest.fixture(scope="module")
+def frames_360p(tmp_path_factory: pytest.TempPathFactory) -> Frames:
+    """Frames as the builder stores them (640x360), so Qwen sees a real frame's tokens."""
+    path = tmp_path_factory.mktemp("video360p") / "v.mp4"
+    tiny.make_video(path, [RED, GREEN, BLUE, YELLOW], size=(640, 360))
+    return DECODERS.build("decord").decode(str(path), "v", 4)
+
+
+def test_qwen_family_fixture_template_and_visual_tokens(tiny_models: tiny.TinyModels,
+                                                       frames_360p: Frames) -> None:
+    cap = CAPTIONERS.build({"type": "qwen2.5-vl", "model": str(tiny_models.qwen_vl), "device": "cpu"})
+    cap.load()
+    image_size = cap._processor.image_processor.size
+    assert image_size["longest_edge"] == 12845056 and image_size["shortest_edge"] == 3136
+    enc = cap._inputs(frames_360p.pil([0]), ["Describe this video frame in one sentence."])
+    text = cap._processor.tokenizer.decode(enc["input_ids"][0])
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("<|im_start|>assistant\n")
+    # 640x360 -> 644x364 -> 46x26 patches of 14 px, merged 2x2: 299 visual tokens
+    assert int((enc["input_ids"] == cap._model.config.image_token_id).sum()) == 299
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl", "blip2"])
+def test_mixed_prompts_in_one_batch_caption_as_alone(name: str, tiny_models: tiny.TinyModels,
+                                                     frames_360p: Frames) -> None:
+    """Aware captions of a video's queries share batches: prompts of different lengths are
+    left-padded together. In float32 a caption in such a batch equals the caption made
+    alone (the padding is masked), and the plan is one batch per `batch_size` pairs."""
+    folder = tiny_models.qwen_vl if name == "qwen2.5-vl" else tiny_models.blip2
+    cap = CAPTIONERS.build({"type": name, "model": str(folder), "device": "cpu", "batch_size": 3,
+                            "max_new_tokens": 4, "dtype": "float32"})
+    calls: list[list[str]] = []
+    generate = cap.generate_batch
+
+    def spy(images: list, prompts: list[str]) -> list[str]:
+        calls.append(list(prompts))
+        return generate(images, prompts)
+
+    cap.generate_batch = spy  # type: ignore[method-assign]
+    requests = [("A dog", [0, 2]), ("A person picking up a pencil from the desk", [1, 3])]
+    mixed = cap.aware_many(frames_360p, requests)
+    assert len(calls) == 2 and len(set(calls[0])) == 2  # one batch holds both prompts
+    alone = [[cap.aware(frames_360p, [i], q)[0] for i in idx] for q, idx in requests]
+    assert mixed == alone
+
+
+def test_caption_prompts_are_captioning_prompts(data_root: Path) -> None:
+    """Aware prompts rendered for real val queries, per backbone family: an instruction for
+    the instruction-tuned Qwen2.5-VL; for BLIP-2 OPT (a plain LM) an open question in its
+    VQA format, never a yes/no question (which it answers "yes"/"no")."""
+    from harness.data import load_dataset
+
+    queries = [q.query for q in load_dataset("qvhighlights:val", data_root).queries[:60]]
+    aux = {"is", "are", "does", "do", "can", "was", "were", "has", "have", "will", "did", "could"}
+    qwen, blip = CAPTIONERS.build("qwen2.5-vl"), CAPTIONERS.build("blip2")
+    assert blip.agnostic_prompt == "a photo of"
+    for q in queries:
+        p = qwen.aware_prompt(q)
+        assert p.startswith("Describe this video frame") and "{" not in p
+        b = blip.aware_prompt(q)
+        assert b.startswith("Question: ") and b.endswith(" Answer:") and "{" not in b
+        first = b.removeprefix("Question: ").split()[0].lower()
+        assert first in {"what", "which", "who", "where", "how", "describe"} and first not in aux, b
+        for ent in qwen.aware_prompt(q).split("entities: ")[1].split(";")[0].split(", "):
+            assert ent in b
+
+
+def test_unload_frees_the_model(tiny_models: tiny.TinyModels, frames: Frames) -> None:
+    import weakref
+
+    cap = CAPTIONERS.build({"type": "blip2", "model": str(tiny_models.blip2), "device": "cpu",
+                            "max_new_tokens": 2})
+    cap.agnostic(frames)
+    assert cap.loaded and cap.model_bytes() > 0
+    ref = weakref.ref(cap._model)
+    cap.unload()
+    assert not cap.loaded and cap._processor is None and cap.model_bytes() == 0
+    assert ref() is None  # nothing else holds the weights
+    assert len(cap.agnostic(frames)) == 6  # loads again on next use
+
+
+def test_batch_sizes_follow_the_device() -> None:
+    assert CAPTIONERS.build({"type": "qwen2.5-vl", "device": "cuda"}).batch_size == 32
+    assert CAPTIONERS.build({"type": "qwen2.5-vl", "device": "cpu"}).batch_size == 4
+    assert REWRITERS.build({"type": "hf-causal-lm", "device": "cuda"}).batch_size == 16
+    assert CAPTIONERS.build({"type": "blip2", "device": "cuda", "batch_size": 7}).batch_size == 7
+
+
+def test_decord_decodes_at_the_target_size_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1280x720 video read for 640-px frames: decord scales while decoding and is asked
+    for `chunk` frames at a time, never the whole video at native size."""
+    import decord
+
+    path = tiny.make_video(tmp_path / "hd.mp4", [RED, GREEN, BLUE, YELLOW, RED], size=(1280, 720))
+    opened: list[tuple[int, int]] = []
+    batches: list[int] = []
+    real = decord.VideoReader
+
+    class Spy:
+        def __init__(self, uri: str, ctx: object = None, width: int = -1, height: int = -1, **kw: object) -> None:
+            opened.append((width, height))
+            self._vr = real(uri, ctx=ctx or decord.cpu(0), width=width, height=height, **kw)
+
+        def __len__(self) -> int:
+            return len(self._vr)
+
+        def __getitem__(self, i: int) -> object:
+            return self._vr[i]
+
+        def get_avg_fps(self) -> float:
+            return self._vr.get_avg_fps()
+
+        def get_batch(self, idx: list[int]) -> object:
+            batches.append(len(idx))
+            return self._vr.get_batch(idx)
+
+    monkeypatch.setattr(decord, "VideoReader", Spy)
+    frames = DECODERS.build({"type": "decord", "max_side": 640, "chunk": 2}).decode(str(path), "hd", 5)
+    assert opened == [(-1, -1), (640, 360)]
+    assert [img.shape for img in frames.images] == [(360, 640, 3)] * 5
+    assert batches[1:] == [2, 2, 1]  # after the one-frame size check
+    assert np.abs(frames.images[1][10, 10].astype(int) - GREEN).max() < 20

@@ -22,13 +22,14 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.build.backends import candidate_frames
+from harness.build.backends import REWRITERS, Rewriter, candidate_frames
 from harness.build.backends import testing as tiny
+from harness.build.backends.rewrite import RewriteResult
+from harness.build.batching import shard_of
 from harness.build.builder import (
     CRASH_ENV,
     BuildConfig,
     CacheBuilder,
-    shard_of,
     shard_queries,
 )
 from harness.build.metering import efficiency_rows
@@ -98,9 +99,11 @@ def build_args(w: World, cache: Path, *extra: str) -> list[str]:
         "--rewriter-model", str(m.llama), "--pairs", ",".join(map(str, PAIRS)),
         "--frame-filter-model", m.clip_spec, "--caption-model", str(m.qwen_vl),
         "--device", DEVICE, "--batch-size", "2",
-        # one query per rewriter batch: a padded batch may flip a near-tie argmax of a random
-        # model, and shards batch different queries together
-        "--opt", "rewrite.batch_size=1", "--opt", "rewrite.max_new_tokens=6",
+        # batches of several queries (rewriter) and of mixed prompts (vidA's two queries'
+        # aware captions): a padded batch can flip a near-tie argmax, so sharded and
+        # resumed builds agree only because their batches are the same
+        "--opt", "rewrite.batch_size=3", "--opt", "captions.batch_size=3",
+        "--opt", "rewrite.max_new_tokens=6",
         "--opt", "rewrite.attempts=2", "--opt", "captions.max_new_tokens=4", "--no-progress",
         *extra,
     ]
@@ -233,7 +236,7 @@ def test_crash_midway_then_rerun_equals_uninterrupted(world: World, reference: R
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     crashed = by_stage(entries(cache_dir))
-    assert crashed == {"variants": 10, "captions_agnostic": 2, "frame_scores": 2}
+    assert crashed == {"variants": 10, "frame_scores": 2}
     rc, out, err = run_main(build_args(world, cache_dir))
     assert rc == 0, err
     assert entries(cache_dir) == entries(reference.cache)
@@ -366,3 +369,144 @@ def test_two_shards_built_apart_merge_into_one_build(world: World, reference: Ru
         con.commit()
     rc, _, err = run_main(["cache", "merge", str(other), "--into", str(merged), "--no-progress"])
     assert rc == 2 and f"cache entry {key} differs between {other} and {merged}" in err
+
+
+# -- one model at a time, and batches that do not depend on the shard -------------------------
+STAGE_OWNER = {"variants": "rewrite", "frame_scores": "frame_filter", "captions_agnostic": "captions",
+               "captions_aware": "captions"}
+
+
+def test_each_stage_meter_starts_with_no_other_model(reference: Run) -> None:
+    """Peak memory (Table 4) resets to what is allocated, so the previous stage's model must
+    be gone when a stage's meter starts: the records say what was resident then."""
+    records = [r for r in Cache(reference.cache, readonly=True).timings() if r["stage"] in STAGE_OWNER]
+    assert {r["stage"] for r in records} == set(STAGE_OWNER)
+    for r in records:
+        meta = json.loads(r["meta"])
+        resident = set(meta["resident_at_start"])
+        assert resident <= {STAGE_OWNER[r["stage"]]}, (r["stage"], resident)
+        if r["stage"] in ("variants", "frame_scores") and meta.get("pair", 1) == 1:
+            assert resident == set()  # the build's first model, and the one after the rewriter
+        assert all(b > 0 for b in meta["model_bytes"].values())
+    by_stage = {r["stage"]: json.loads(r["meta"]) for r in records}
+    # the captioner loads once for both caption stages: aware captions load nothing
+    assert list(by_stage["captions_agnostic"]["model_bytes"]) == ["qwen2.5-vl"]
+    assert by_stage["captions_aware"]["model_bytes"] == {}
+    assert set(by_stage["captions_aware"]["resident_at_start"]) == {"captions"}
+
+
+def test_a_finished_build_holds_no_model(world: World, reference: Run, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(reference.cache, cache_dir)
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.sqlite")) as con:
+        con.execute("DELETE FROM entries WHERE stage IN ('frame_scores', 'captions_aware')")
+        con.commit()
+    config = BuildConfig(
+        dataset="qvhighlights:val", data_root=str(world.data_root), videos=str(world.videos),
+        stages=("frame_scores", "captions_aware"), frame_filter_model=world.models.clip_spec,
+        caption_model=str(world.models.qwen_vl), device=DEVICE, progress=False,
+    )
+    builder = CacheBuilder(config, Cache(cache_dir), log=io.StringIO())
+    seen: list[tuple[str, dict[str, int]]] = []
+    for stage in ("frame_scores", "captions_aware"):
+        original = getattr(builder, f"stage_{stage}")
+
+        def spy(original: object = original, stage: str = stage) -> object:
+            seen.append((stage, builder.loaded_models()))
+            return original()  # type: ignore[operator]
+
+        setattr(builder, f"stage_{stage}", spy)
+    report = builder.run()
+    assert [s.done for s in report.stages] == [3, 3]
+    assert seen == [("frame_scores", {}), ("captions_aware", {})]  # CLIP gone before Qwen
+    assert builder.loaded_models() == {}
+    assert all(not b.loaded for b in builder._backends.values())
+
+
+def test_batches_do_not_depend_on_the_shard(data_root: Path, tmp_path: Path) -> None:
+    """On the real QVHighlights val queries: the rewriter batches each shard runs are batches
+    of the unsharded plan, and every shard count runs the same batches in all; a query text
+    asked in two shards' videos is run in its owner's batch by both (4 such texts in val)."""
+    def builder(i: int, n: int) -> CacheBuilder:
+        cfg = BuildConfig(dataset="qvhighlights:val", data_root=str(data_root), stages=("variants",),
+                          shard=(i, n), progress=False)
+        return CacheBuilder(cfg, Cache(tmp_path / "unused"), log=io.StringIO())
+
+    from harness.build.batching import batches_to_run
+
+    whole = builder(0, 1)
+    plan = [tuple(b) for b in whole.rewrite_plan(8)]
+    assert sum(len(b) for b in plan) == len(whole.texts) == 1546
+    assert len({t for b in plan for t in b}) == 1546  # each text in one batch
+    for n in (2, 3, 7, 64):
+        ran: set[tuple[str, ...]] = set()
+        for i in range(n):
+            b = builder(i, n)
+            runs = [tuple(x) for x in batches_to_run(b.rewrite_plan(8), {q.query for q in b.texts})]
+            assert set(runs) <= set(plan)
+            assert {t for x in runs for t in x} >= {q.query for q in b.texts}
+            ran |= set(runs)
+        assert ran == set(plan), n
+    # the old rule (consecutive queries of the shard) would batch differently per shard
+    shard0 = builder(0, 2).texts
+    old = [tuple(q.query for q in shard0[i : i + 8]) for i in range(0, len(shard0), 8)]
+    assert not set(old) <= set(plan)
+
+
+class BatchEcho(Rewriter):
+    """A rewriter whose answer is its batch: a stand-in for the half-precision effect (a
+    sample's output moving with its batch mates) that makes any batch change visible."""
+
+    name = "test-batch-echo"
+    fail_after: int | None = None  # raise on this call (a crash mid-stage)
+    calls = 0
+
+    def __init__(self, batch_size: int = 3, **_: object) -> None:
+        self._batch_size = batch_size
+        self.model_id = "batch-echo"
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def rewrite(self, queries: list[str], pair: int, cache: object = None) -> list[RewriteResult]:
+        BatchEcho.calls += 1
+        if BatchEcho.fail_after is not None and BatchEcho.calls > BatchEcho.fail_after:
+            raise KeyboardInterrupt("killed mid-stage")
+        return [RewriteResult(q, {"qs": sorted(queries), "qd": [q]}, "ok") for q in queries]
+
+
+REWRITERS.register("test-batch-echo")(BatchEcho)
+
+
+def _echo_build(world: World, cache: Path, *extra: str) -> int:
+    rc, _, err = run_main(["cache", "build", "--cache", str(cache), "--dataset", "qvhighlights:val",
+                           "--data-root", str(world.data_root), "--stages", "variants",
+                           "--rewriter", "test-batch-echo", "--rewriter-model", "batch-echo",
+                           "--pairs", "1", "--no-progress", *extra])
+    assert rc == 0, err
+    return rc
+
+
+def test_shards_and_resumed_builds_run_the_same_batches(world: World, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BatchEcho, "fail_after", None)
+    _echo_build(world, tmp_path / "whole")
+    want = entries(tmp_path / "whole")
+    assert len(want) == 5
+    for n in (2, 3):
+        for i in range(n):
+            _echo_build(world, tmp_path / f"shards{n}", "--shard", f"{i}/{n}")
+        assert entries(tmp_path / f"shards{n}") == want, n
+    # killed after the first batch, then resumed: the same batches as the uninterrupted build
+    monkeypatch.setattr(BatchEcho, "calls", 0)
+    monkeypatch.setattr(BatchEcho, "fail_after", 1)
+    rc, _, _ = run_main(["cache", "build", "--cache", str(tmp_path / "resumed"), "--dataset",
+                         "qvhighlights:val", "--data-root", str(world.data_root), "--stages", "variants",
+                         "--rewriter", "test-batch-echo", "--rewriter-model", "batch-echo", "--pairs", "1",
+                         "--no-progress"])
+    assert rc == 130  # the CLI's exit status for an interrupt
+    assert 0 < len(entries(tmp_path / "resumed")) < 5
+    monkeypatch.setattr(BatchEcho, "fail_after", None)
+    _echo_build(world, tmp_path / "resumed")
+    assert entries(tmp_path / "resumed") == want

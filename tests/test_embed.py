@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -269,3 +270,27 @@ def test_cli_embed_with_a_registered_embedder(
     assert "1546 already cached, 0 embedded now" in capsys.readouterr().out
     assert main([*args[:-3], "--embedder", "nope"]) == 2
     assert "unknown embedder 'nope'" in capsys.readouterr().err
+
+
+def test_a_local_model_stays_off_the_hub_for_its_own_load_only(tmp_path: Path) -> None:
+    """The offline MiniLM is loaded with `local_files_only` on its own call; the process
+    environment is left alone, so a later stage of the same build (a captioner or LLM by
+    hub id) can still download. Run in a fresh interpreter: the env is process-wide."""
+    code = (
+        "import os, sentence_transformers as st\n"
+        "seen = {}\n"
+        "real = st.SentenceTransformer.__init__\n"
+        "def spy(self, *a, **kw):\n"
+        "    seen.update(kw)\n"
+        "    real(self, *a, **kw)\n"
+        "st.SentenceTransformer.__init__ = spy\n"
+        "from harness.cache.embedders import build_embedder\n"
+        "e = build_embedder('minilm', device='cpu')\n"
+        "assert e.encode(['a dog runs']).shape == (1, 384)\n"
+        "print(seen.get('local_files_only'), os.environ.get('HF_HUB_OFFLINE'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "None"]

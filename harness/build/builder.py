@@ -8,23 +8,29 @@ third):
 |---|---|---|
 | `frames` | video (frame store, `<cache>/frames/`) | `DECODERS` (decord, pyav fallback) |
 | `variants` | (query text, pair) | `REWRITERS` |
-| `captions_agnostic` | video | `CAPTIONERS` |
 | `frame_scores` | (video, query) | `FRAME_FILTERS` |
+| `captions_agnostic` | video | `CAPTIONERS` |
 | `captions_aware` | (video, query) | `CAPTIONERS` |
 | `embeddings` | text list | `EMBEDDERS` |
 
-Stages run in that order (agnostic captions before the frame filter because the
-`caption-text` stand-in filter reads them), one model in memory at a time. Producers come
-from `harness.cache.producers`, so a run reads exactly the keys the builder wrote.
+One model is in memory at a time: a backend is unloaded (weights dropped, CUDA cache
+emptied) as soon as the next stage does not use it, so a stage's peak memory (Table 4)
+holds its own model only, and a GPU that fits the largest model fits the build. Stages
+run in the order above, so the two caption stages share one load of the captioner; with
+the `caption-text` stand-in filter, which reads agnostic captions, agnostic captions run
+before the filter (`run_order`). Producers come from `harness.cache.producers`, so a run
+reads exactly the keys the builder wrote.
 
 - Resumable: each stage asks `Cache.missing` what is left and does only that; a stage with
-  nothing left never loads its model. Results are committed in small batches (a batch of
-  queries for the rewriter, one video otherwise), so a crash loses at most one batch.
-- Sharding: `--shard i/N` keeps the videos whose sha256(vid) is i modulo N, and their
-  queries, after `--limit`; N machines with i = 0..N-1 together cover the dataset once, and
-  the union of their caches equals one unsharded build.
+  nothing left never loads its model. Results are committed per batch of queries (the
+  rewriter) or per video (the rest), so a crash loses at most one of them.
+- Sharding and batching (`harness.build.batching`): `--shard i/N` keeps the videos of the
+  buckets b with b mod N == i, and their queries, after `--limit`. A sample's batch is a
+  function of the dataset alone, so N machines together write what one would, and a
+  resumed build what an uninterrupted one would (same device, dtype and batch size).
 - Missing or undecodable videos are reported by id and skipped; the rest go on.
-- Efficiency (Table 4): per stage and run, time and peak memory (`harness.build.metering`).
+- Efficiency (Table 4): per stage and run, time, peak memory and what was resident when
+  the stage's meter started (`harness.build.metering`).
 
 Test hook: `GRANALIGN_BUILD_CRASH_AFTER=STAGE:N` kills the process (SIGKILL) right before
 the commit that would bring STAGE's processed items to N or more, simulating a crash mid-run.
@@ -32,14 +38,13 @@ the commit that would bring STAGE's processed items to N or more, simulating a c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -55,6 +60,13 @@ from harness.build.backends import (
 )
 from harness.build.backends.base import resolve_device
 from harness.build.backends.frames import FrameSource, FrameStore
+from harness.build.batching import (
+    SHARD_BUCKETS,
+    batches_to_run,
+    plan_batches,
+    shard_bucket,
+    shard_of,
+)
 from harness.build.metering import FRAME_TIMINGS, StageMeter
 from harness.cache.embedders import build_embedder, embed_dataset
 from harness.cache.producers import (
@@ -71,10 +83,13 @@ from harness.cache.producers import captioners as caption_presets
 from harness.cache.store import Cache, Producer
 from harness.core.constants import FPS, K_MAX, M_MAX
 from harness.core.query import Dataset, Query, n_clips
-from harness.core.stages import BUILD_ORDER, stage_name
+from harness.core.stages import BUILD_ORDER, CAPTIONS_FIRST_ORDER, stage_name
 from harness.data.spec import load_dataset
 
 STAGES = BUILD_ORDER  # what `--stages` takes, in the order they run
+# the backend (key of `CacheBuilder._backends`) each stage runs
+STAGE_BACKEND = {"variants": "rewrite", "frame_scores": "frame_filter",
+                 "captions_agnostic": "captions", "captions_aware": "captions"}
 OPTION_GROUPS = ("frames", "rewrite", "frame_filter", "captions")
 CRASH_ENV = "GRANALIGN_BUILD_CRASH_AFTER"
 DEFAULT_CAPTIONER = "qwen2.5-vl"
@@ -94,7 +109,7 @@ class BuildConfig:
     rewriter_model: str = DEFAULT_REWRITER_MODEL
     rewriter_model_key: str | None = None
     rewriter_revision: str = ""
-    pairs: tuple[int, ...] = (1, 2, 3, 4, 5)
+    pairs: tuple[int, ...] = (1,)  # Table 13 alone needs 1..5
     frame_filter: str = DEFAULT_FRAME_FILTER
     frame_filter_model: str | None = None
     frame_filter_model_key: str | None = None
@@ -122,6 +137,8 @@ class BuildConfig:
         i, n = self.shard
         if n < 1 or not 0 <= i < n:
             raise ValueError(f"shard must be i/N with 0 <= i < N, got {i}/{n}")
+        if n > SHARD_BUCKETS:
+            raise ValueError(f"a build has at most {SHARD_BUCKETS} shards, got {i}/{n}")
         bad_groups = [g for g in self.options if g not in OPTION_GROUPS]
         if bad_groups:
             raise ValueError(
@@ -175,14 +192,20 @@ class BuildReport:
 
 
 # -- sharding -------------------------------------------------------------------------------
-def shard_of(vid: str, n: int) -> int:
-    """The shard a video belongs to: sha256(vid) mod n (stable across machines and runs)."""
-    return int(hashlib.sha256(vid.encode("utf-8")).hexdigest()[:16], 16) % n
-
-
 def shard_queries(dataset: Dataset, index: int, count: int) -> list[Query]:
     """The queries whose video falls in shard `index` of `count`, in dataset order."""
     return [q for q in dataset.queries if shard_of(q.vid, count) == index]
+
+
+def run_order(stages: tuple[str, ...], filter_reads_captions: bool) -> list[str]:
+    """The order this build runs `stages` in.
+
+    The frame filter runs before agnostic captions, so the captioner's two stages are
+    adjacent and it loads once; the `caption-text` stand-in filter reads agnostic
+    captions, so with it they come first.
+    """
+    order = CAPTIONS_FIRST_ORDER if filter_reads_captions else BUILD_ORDER
+    return [s for s in order if s in stages]
 
 
 def _maybe_crash(stage: str, processed: int) -> None:
@@ -198,11 +221,6 @@ def _maybe_crash(stage: str, processed: int) -> None:
 
 def _device_of(backend: Any) -> str:
     return resolve_device(getattr(backend, "device_name", None))
-
-
-def _chunks(seq: Sequence[int], n: int) -> Iterator[list[int]]:
-    for i in range(0, len(seq), n):
-        yield list(seq[i : i + n])
 
 
 # -- the builder ----------------------------------------------------------------------------
@@ -235,6 +253,11 @@ class CacheBuilder:
         # unique (vid, query text) pairs and unique query texts, in order
         self.vq: list[Query] = list({(q.vid, q.query): q for q in self.queries}.values())
         self.texts: list[Query] = list({q.query: q for q in self.queries}.values())
+        # a query text's batch group: the bucket of the first video that asks it, in the
+        # whole dataset (so that every shard plans the same batches)
+        self.text_bucket: dict[str, int] = {}
+        for q in ds.queries:
+            self.text_bucket.setdefault(q.query, shard_bucket(q.vid))
         self._check_names()
         self.report = BuildReport(ds.name, f"{config.shard[0]}/{config.shard[1]}")
         self._processed: dict[str, int] = defaultdict(int)
@@ -372,19 +395,44 @@ class CacheBuilder:
         if rep_items <= 0:
             return
         meta = {**meta, "load_s": m["load_s"], "mem_method": m["mem_method"],
-                "rss_peak_bytes": m["rss_peak_bytes"], "dataset": self.name,
+                "rss_peak_bytes": m["rss_peak_bytes"], "resident_at_start": m["resident_at_start"],
+                "allocated_at_start_bytes": m["allocated_at_start_bytes"],
+                "model_bytes": m["model_bytes"], "dataset": self.name,
                 "shard": self.report.shard, "batch_size": self.cfg.batch_size}
         self.cache.record_timing(producer, rep_items, m["wall_s"], m["peak_mem_bytes"],
                                  m["device_label"], meta)
 
+    # -- one model at a time ----------------------------------------------------------------
+    def loaded_models(self) -> dict[str, int]:
+        """The backends whose models are in memory now, with their weights' bytes."""
+        return {k: b.model_bytes() for k, b in self._backends.items() if b.loaded}
+
+    def _release(self, keep: str | None) -> None:
+        """Unload every loaded backend but `keep` (the next stage's)."""
+        for name, backend in self._backends.items():
+            if name != keep and backend.loaded:
+                backend.unload()
+
+    def _meter(self, backend: Any) -> StageMeter:
+        return StageMeter(_device_of(backend), resident=self.loaded_models()).start()
+
     # -- stages -----------------------------------------------------------------------------
     def run(self) -> BuildReport:
-        for stage in BUILD_ORDER:
-            if stage in self.cfg.stages:
+        filter_reads_captions = (
+            not FRAME_FILTERS.get(self.cfg.frame_filter).needs_frames
+            if set(self.cfg.stages) & {"frame_scores", "captions_aware"} else False)
+        order = run_order(self.cfg.stages, filter_reads_captions)
+        try:
+            for i, stage in enumerate(order):
+                self._release(STAGE_BACKEND.get(stage))
                 t = time.perf_counter()
                 rep = getattr(self, f"stage_{stage}")()
                 rep.seconds = time.perf_counter() - t
                 self.report.stages.append(rep)
+                following = order[i + 1] if i + 1 < len(order) else None
+                self._release(STAGE_BACKEND.get(following) if following else None)
+        finally:
+            self._release(None)
         return self.report
 
     def stage_embeddings(self) -> StageReport:
@@ -424,6 +472,12 @@ class CacheBuilder:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
         return rep
 
+    def rewrite_plan(self, batch_size: int) -> list[list[str]]:
+        """The rewriter's batches: every query text of the dataset (not only this shard's),
+        grouped by its bucket and sorted by length (`harness.build.batching`)."""
+        return plan_batches(list(self.text_bucket), batch_size, sort_key=lambda t: (len(t), t),
+                            group_key=self.text_bucket.__getitem__)
+
     def stage_variants(self) -> StageReport:
         rep = StageReport("variants", items=len(self.texts) * len(self.cfg.pairs))
         items = [query_item(q) for q in self.texts]
@@ -432,24 +486,38 @@ class CacheBuilder:
         if not any(todo.values()):
             return rep
         rw = self.rewriter
-        device = _device_of(rw)
+        plan = self.rewrite_plan(rw.batch_size)
         for pair, idx in todo.items():
             if not idx:
                 continue
             producer = self.rewrite_producer(pair)
+            needed = {self.texts[i].query: items[i] for i in idx}
+            batches = batches_to_run(plan, set(needed))
             # each pair measures its own time and peak; the weights stay loaded (and counted)
-            meter = StageMeter(device).start()
+            meter = self._meter(rw)
             meter.load(rw)
             done_before = rep.done
             with self._bar(len(idx), f"rewrite pair {pair}", "query") as bar:
-                for batch in _chunks(idx, rw.batch_size):
-                    results = rw.rewrite([self.texts[i].query for i in batch], pair, cache=self.cache)
-                    rows = [(items[i], r.value, r.status, r.meta) for i, r in zip(batch, results, strict=True)]
+                for batch in batches:
+                    results = rw.rewrite(batch, pair, cache=self.cache)
+                    rows = [(needed[t], r.value, r.status, r.meta)
+                            for t, r in zip(batch, results, strict=True) if t in needed]
                     self._commit("variants", producer, rows, rep)
-                    bar.update(len(batch))
+                    bar.update(len(rows))
             n = rep.done - done_before
             self._record(producer, n, meter.stop(), {"queries": n, "unit": "query", "pair": pair})
         return rep
+
+    def _by_video(self, idx: list[int]) -> dict[str, list[int]]:
+        """Indices into `self.vq` of every (video, query) of each video that has one in
+        `idx`: work on a video always covers all its queries, so its batches do not
+        depend on what was cached before."""
+        vids = {self.vq[i].vid for i in idx}
+        by_vid: dict[str, list[int]] = defaultdict(list)
+        for i, q in enumerate(self.vq):
+            if q.vid in vids:
+                by_vid[q.vid].append(i)
+        return by_vid
 
     def stage_frame_scores(self) -> StageReport:
         rep = StageReport("frame_scores", items=len(self.vq))
@@ -460,31 +528,32 @@ class CacheBuilder:
         rep.cached = rep.items - len(todo)
         if not todo:
             return rep
-        by_vid: dict[str, list[int]] = defaultdict(list)
-        for i in todo:
-            by_vid[self.vq[i].vid].append(i)
+        missing = set(todo)
+        by_vid = self._by_video(todo)
         if not ff.needs_frames:
             rep.note = f"STAND-IN: {ff.model_id}"
-            return self._frame_filter_from_captions(ff, producer, items, by_vid, rep)
-        meter = StageMeter(_device_of(ff)).start()
+            return self._frame_filter_from_captions(ff, producer, items, by_vid, missing, rep)
+        meter = self._meter(ff)
         with self._bar(len(todo), "frame filter", "query") as bar:
             for vid, idx in by_vid.items():
                 frames = self._frames(vid, rep)
                 if frames is not None:
                     meter.load(ff)
                     scores = ff.score_video(frames, [self.vq[i].query for i in idx])
-                    rows = [(items[i], s, "ok", {"n_frames": len(frames)}) for i, s in zip(idx, scores, strict=True)]
+                    rows = [(items[i], s, "ok", {"n_frames": len(frames)})
+                            for i, s in zip(idx, scores, strict=True) if i in missing]
                     self._commit("frame_scores", producer, rows, rep)
-                bar.update(len(idx))
+                bar.update(sum(1 for i in idx if i in missing))
         self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
         return rep
 
     def _frame_filter_from_captions(self, ff: Any, producer: Producer, items: list[dict[str, Any]],
-                                    by_vid: dict[str, list[int]], rep: StageReport) -> StageReport:
+                                    by_vid: dict[str, list[int]], missing: set[int],
+                                    rep: StageReport) -> StageReport:
         cap_p = ff.caption_source()
-        meter = StageMeter(_device_of(ff)).start()
+        meter = self._meter(ff)
         meta = ff.meta()
-        with self._bar(sum(len(v) for v in by_vid.values()), "frame filter (caption-text)", "query") as bar:
+        with self._bar(len(missing), "frame filter (caption-text)", "query") as bar:
             for vid, idx in by_vid.items():
                 entry = self.cache.get(cap_p, video_item(self.family, vid))
                 if entry is None or entry.status != "ok":
@@ -494,9 +563,9 @@ class CacheBuilder:
                 else:
                     meter.load(ff)
                     scores = ff.score_captions(self.cache, list(entry.value), [self.vq[i].query for i in idx])
-                    rows = [(items[i], s, "ok", meta) for i, s in zip(idx, scores, strict=True)]
+                    rows = [(items[i], s, "ok", meta) for i, s in zip(idx, scores, strict=True) if i in missing]
                     self._commit("frame_scores", producer, rows, rep)
-                bar.update(len(idx))
+                bar.update(sum(1 for i in idx if i in missing))
         self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
         return rep
 
@@ -510,7 +579,7 @@ class CacheBuilder:
         rep.cached = rep.items - len(todo)
         if not todo:
             return rep
-        meter = StageMeter(_device_of(cap)).start()
+        meter = self._meter(cap)
         queries = 0
         with self._bar(len(todo), "agnostic captions", "video") as bar:
             for i in todo:
@@ -535,29 +604,33 @@ class CacheBuilder:
         rep.cached = rep.items - len(todo)
         if not todo:
             return rep
-        scores = self.cache.get_many(ff_p, [items[i] for i in todo])
-        by_vid: dict[str, list[int]] = defaultdict(list)
-        for i in todo:
-            entry = scores.get(ff_p.key(items[i]))
-            if entry is None or entry.status != "ok":
-                vid = self.vq[i].vid
-                if vid in self.report.videos_skipped:
+        missing = set(todo)
+        by_vid = self._by_video(todo)
+        scores = self.cache.get_many(ff_p, [items[i] for idx in by_vid.values() for i in idx])
+        ready: dict[str, list[int]] = {}
+        for vid, idx in by_vid.items():
+            ok = []
+            for i in idx:
+                entry = scores.get(ff_p.key(items[i]))
+                if entry is not None and entry.status == "ok":
+                    ok.append(i)
+                elif i not in missing:
+                    continue
+                elif vid in self.report.videos_skipped:
                     rep.skipped[vid] = self.report.videos_skipped[vid]
                 else:
                     rep.skipped[f"{vid} / {self.vq[i].query!r}"] = (
-                        f"no frame scores from {ff_p.backend} / {ff_p.model}: run stage frame_filter first"
+                        f"no frame scores from {ff_p.backend} / {ff_p.model}: run stage frame_scores first"
                     )
-                continue
-            by_vid[self.vq[i].vid].append(i)
-        if not by_vid:
+            if any(i in missing for i in ok):
+                ready[vid] = ok
+        if not ready:
             return rep
-        meter = StageMeter(_device_of(cap)).start()
-        with self._bar(sum(len(v) for v in by_vid.values()), "aware captions", "query") as bar:
-            for vid, idx in by_vid.items():
+        meter = self._meter(cap)
+        with self._bar(sum(len(v) for v in ready.values()), "aware captions", "query") as bar:
+            for vid, idx in ready.items():
                 frames = self._frames(vid, rep)
-                if frames is not None:
-                    meter.load(cap)
-                rows = []
+                requests: list[tuple[int, list[int]]] = []
                 for i in idx if frames is not None else []:
                     s = scores[ff_p.key(items[i])].value
                     if len(s) != len(frames):
@@ -565,9 +638,15 @@ class CacheBuilder:
                             f"{len(s)} frame scores but {len(frames)} frames"
                         )
                         continue
-                    cand = candidate_frames(s, self.cfg.k_max)
-                    rows.append((items[i], {"frames": cand, "captions": cap.aware(frames, cand, self.vq[i].query)},
-                                 "ok", {"n_frames": len(frames), "prompt": cap.aware_prompt(self.vq[i].query)}))
+                    requests.append((i, candidate_frames(s, self.cfg.k_max)))
+                rows = []
+                if requests:
+                    meter.load(cap)
+                    # all of the video's queries in one plan: mixed prompts share batches
+                    captions = cap.aware_many(frames, [(self.vq[i].query, c) for i, c in requests])
+                    rows = [(items[i], {"frames": c, "captions": text}, "ok",
+                             {"n_frames": len(frames), "prompt": cap.aware_prompt(self.vq[i].query)})
+                            for (i, c), text in zip(requests, captions, strict=True) if i in missing]
                 self._commit("captions_aware", producer, rows, rep)
                 bar.update(len(idx))
         self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})

@@ -53,13 +53,20 @@ class StageMeter:
 
     `start()` resets the peak counters (GPU, RSS) so the peak includes the model weights;
     `load(backend)` loads a model, once, timing it apart; `stop()` gives the work time
-    (elapsed minus loading) and the peak.
+    (elapsed minus loading) and the peak. A reset only moves the baseline to what is
+    allocated now, so the builder unloads the previous stage's model first; `resident`
+    (backend -> weight bytes in memory when the meter starts) and, on a GPU, the bytes
+    allocated at the start are recorded with the stage so a report can show its peak
+    holds nothing else.
     """
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, resident: dict[str, int] | None = None) -> None:
         self.device = device
+        self.resident = dict(resident or {})
         self.t_start = time.perf_counter()
         self.load_s = 0.0
+        self.allocated_at_start: int | None = None
+        self.loaded: dict[str, int] = {}
         self._reset_ok = False
 
     def start(self) -> StageMeter:
@@ -68,6 +75,7 @@ class StageMeter:
 
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.allocated_at_start = int(torch.cuda.memory_allocated(self.device))
         self._reset_ok = _rss_reset()
         self.t_start = time.perf_counter()
         self.load_s = 0.0
@@ -79,6 +87,7 @@ class StageMeter:
             t = time.perf_counter()
             backend.load()
             self.load_s += time.perf_counter() - t
+            self.loaded[getattr(backend, "name", "") or type(backend).__name__] = backend.model_bytes()
 
     def stop(self) -> dict[str, Any]:
         rss, rss_method = _rss_peak(self._reset_ok)
@@ -86,6 +95,9 @@ class StageMeter:
             "wall_s": time.perf_counter() - self.t_start - self.load_s,
             "load_s": self.load_s,
             "rss_peak_bytes": rss,
+            "resident_at_start": self.resident,
+            "allocated_at_start_bytes": self.allocated_at_start,
+            "model_bytes": self.loaded,
         }
         if self.device.startswith("cuda"):
             import torch  # lazy: heavy optional (torch)

@@ -10,7 +10,6 @@ loading any weights, so a run that only reads never imports torch.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,12 +146,12 @@ class SentenceTransformerEmbedder:
         if self._st is None:
             path = str(self.default_path()) if self._is_default(self.model, self.revision) else str(self.model)
             local = Path(path).expanduser().is_dir()
-            if local:  # a local folder never needs the hub; don't let it try
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import torch  # lazy: heavy optional (torch)
             from sentence_transformers import SentenceTransformer  # lazy: heavy optional (torch)
 
-            kwargs: dict[str, Any] = {"device": self.device}
+            # a local folder never needs the hub: say so on this call only, not for the
+            # process (a later stage of the same build may download a model by hub id)
+            kwargs: dict[str, Any] = {"device": self.device, "local_files_only": local}
             if self.revision and not local:
                 kwargs["revision"] = self.revision
             if self.dtype != "float32":

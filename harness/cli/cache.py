@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from harness.build.batching import SHARD_BUCKETS
 from harness.build.builder import DEFAULT_CAPTIONER, OPTION_GROUPS, STAGES, BuildConfig, build_cache
 from harness.build.metering import efficiency_rows, format_efficiency
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
@@ -204,7 +205,8 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--rewriter-model-key", default=None,
                    help="model id written in the cache keys (default: --rewriter-model as given)")
     p.add_argument("--rewriter-revision", default="", help="hub revision (part of the key)")
-    p.add_argument("--pairs", default="1,2,3,4,5", help="instruction pairs to rewrite with")
+    p.add_argument("--pairs", default="1",
+                   help="instruction pairs to rewrite with (default 1; Table 13 needs 1,2,3,4,5)")
     p.add_argument("--frame-filter", default=DEFAULT_FRAME_FILTER, help="frame filter backend name")
     p.add_argument("--frame-filter-model", default=None,
                    help="for clip-vit-b32: [open_clip:]ARCH[/PRETRAINED] (default ViT-B-32/openai)")
@@ -219,8 +221,11 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--max-side", type=nonnegative_int, default=640, help="longest frame side in pixels (0: native)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
-    p.add_argument("--batch-size", type=positive_int, default=None, help="frames / queries per batch")
-    p.add_argument("--shard", type=_parse_shard, default=(0, 1), help="i/N: this machine's share")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="frames / queries per batch (default by device: GPU 32 frames, 16 queries;"
+                        " CPU 4); every shard of one build must use the same")
+    p.add_argument("--shard", type=_parse_shard, default=(0, 1),
+                   help=f"i/N: this machine's share (N <= {SHARD_BUCKETS})")
     p.add_argument("--limit", type=positive_int, default=None, help="first N queries of the dataset only")
     p.add_argument("--opt", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help=f"backend option (groups: {', '.join(OPTION_GROUPS)}), e.g. rewrite.max_new_tokens=256")

@@ -30,9 +30,12 @@ _STAGES = (
 STAGES: dict[str, Stage] = {s.name: s for s in _STAGES}
 CACHE_STAGES: tuple[str, ...] = tuple(s.name for s in _STAGES if s.cached)
 ONLINE_STAGES: tuple[str, ...] = tuple(s.name for s in _STAGES if s.online)
-# the order the builder runs them: agnostic captions before the frame filter, because the
-# caption-text stand-in filter reads them
-BUILD_ORDER = ("frames", "variants", "captions_agnostic", "frame_scores", "captions_aware", "embeddings")
+# the order the builder runs them: the data flow's, so the captioner's two stages are
+# adjacent; with the caption-text stand-in filter (it reads agnostic captions) agnostic
+# captions go first
+BUILD_ORDER = tuple(STAGES)
+CAPTIONS_FIRST_ORDER = ("frames", "variants", "captions_agnostic", "frame_scores", "captions_aware",
+                        "embeddings")
 BUILD_ALIASES = {"rewrite": "variants", "frame_filter": "frame_scores"}
 
 

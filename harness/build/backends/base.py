@@ -9,6 +9,8 @@ and a build that finds everything cached never loads a model.
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -121,6 +123,75 @@ def resolve_dtype(dtype: str | None, device: str, prefer_half: bool = True) -> A
     return names[dtype]
 
 
+def default_batch_size(device: str, gpu: int, cpu: int) -> int:
+    """A batch size for the device: GPUs take large batches, a CPU small ones."""
+    return gpu if device.startswith("cuda") else cpu
+
+
+def hf_load_kwargs(device: str, dtype: Any) -> dict[str, Any]:
+    """`from_pretrained` keywords that put the weights on `device` as they load.
+
+    `device_map` (accelerate) streams each tensor to the GPU, so the model never sits in
+    host memory first; FlashAttention-2 is asked for only where it can run (the package is
+    installed, a CUDA device, half precision); otherwise transformers picks its default
+    (PyTorch's SDPA kernels for the paper's models).
+    """
+    import torch  # lazy: heavy optional (torch)
+
+    kw: dict[str, Any] = {"dtype": dtype, "device_map": device}
+    half = dtype in (torch.float16, torch.bfloat16)
+    if device.startswith("cuda") and half and importlib.util.find_spec("flash_attn") is not None:
+        kw["attn_implementation"] = "flash_attention_2"
+    return kw
+
+
+def release_memory(device: str) -> None:
+    """Give freed weights back: collect cycles, then empty the CUDA caching allocator."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch  # lazy: heavy optional (torch)
+
+        torch.cuda.empty_cache()
+
+
+def module_bytes(model: Any) -> int:
+    """Bytes of a torch module's parameters and buffers (0 for anything else)."""
+    total = 0
+    for fn in ("parameters", "buffers"):
+        for t in getattr(model, fn, lambda: ())():
+            total += t.numel() * t.element_size()
+    return total
+
+
+class ModelBackend:
+    """A backend whose model loads on first use and is unloaded when its stages are done.
+
+    The builder keeps one model in memory at a time: it calls `unload()` after the last
+    stage that uses a backend, so the next stage's time and peak memory (Table 4) never
+    include it. `_held` names every attribute that holds weights, processors or tokenizers.
+    """
+
+    _held: ClassVar[tuple[str, ...]] = ("_model",)
+    _model: Any = None
+    device: str = ""
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def model_bytes(self) -> int:
+        """Bytes of the loaded weights (0 when not loaded)."""
+        return module_bytes(self._model)
+
+    def unload(self) -> None:
+        """Drop the model (and its processors) and return its memory."""
+        if not self.loaded:
+            return
+        for name in self._held:
+            setattr(self, name, None)
+        release_memory(self.device or "cpu")
+
+
 def new_tokens(output: Any, input_ids: Any) -> Any:
     """The generated part of `generate`'s output.
 
@@ -154,18 +225,24 @@ class FrameDecoder(ABC):
         Raises `VideoError` naming `vid` and `path` when the file cannot be decoded.
         """
 
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) with the longer side at most `max_side`, aspect kept."""
+        if self.max_side is None or max(width, height) <= self.max_side:
+            return width, height
+        scale = self.max_side / max(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
     def _resize(self, img: np.ndarray) -> np.ndarray:
-        if self.max_side is None or max(img.shape[:2]) <= self.max_side:
+        h, w = img.shape[:2]
+        size = self.target_size(w, h)
+        if size == (w, h):
             return np.ascontiguousarray(img)
         from PIL import Image  # lazy: image library, needed only with frames (Pillow)
 
-        h, w = img.shape[:2]
-        scale = self.max_side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
         return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
 
 
-class Rewriter(ABC):
+class Rewriter(ModelBackend, ABC):
     """Instruction-guided query rewriting: per pair, `m` simplified and `m` detailed queries."""
 
     name: ClassVar[str] = ""
@@ -185,7 +262,7 @@ class Rewriter(ABC):
         return ""
 
 
-class FrameFilter:
+class FrameFilter(ModelBackend):
     """sim(frame_i, q) for every frame of a video: the ranking that picks candidate frames.
 
     A filter with `needs_frames` implements `score_video(frames, queries)`; one without
@@ -198,7 +275,7 @@ class FrameFilter:
     model_id: str = ""
 
 
-class Captioner(ABC):
+class Captioner(ModelBackend, ABC):
     """One caption per frame: query-agnostic for all frames, query-aware for candidates."""
 
     name: ClassVar[str] = ""

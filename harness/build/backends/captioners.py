@@ -7,9 +7,14 @@
   `rules`: the word-list extractor of `entities.py`).
 
 Prompts are data (`harness/prompts/captioners.yaml`) and their template text is part of the
-cache key. Frames of one video are captioned in batches of `batch_size`; generation is
-greedy, so a caption depends only on its frame and prompt. Any hub id or local folder with
-the same classes works (`model=`); on CPU the dtype is float32, on a GPU bf16/fp16.
+cache key. Generation is greedy. Batches never cross a video: a video's frames (agnostic)
+or its queries' candidate frames (aware, all queries of the video together, sorted by
+prompt so that equal prompts share a batch) are cut into batches of `batch_size` by
+`plan_batches`, so which frames share a batch depends on the video alone, never on the
+shard, the other videos or what was cached before. In half precision a caption can depend
+on its batch mates (padding and kernel choice move the logits by rounding steps), so
+"the same batch" is what makes two builds agree. Any hub id or local folder with the
+same classes works (`model=`); on CPU the dtype is float32, on a GPU bf16/fp16.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from harness.build.backends.base import (
     CAPTIONERS,
     Captioner,
     Frames,
+    default_batch_size,
+    hf_load_kwargs,
     new_tokens,
     resolve_device,
     resolve_dtype,
 )
 from harness.build.backends.entities import KEY_ELEMENT_EXTRACTORS
 from harness.build.backends.granular import spacy_key_elements  # noqa: F401 (registers "spacy")
+from harness.build.batching import plan_batches
 from harness.cache.producers import captioners as caption_presets
 
 
@@ -34,13 +42,16 @@ class HFCaptioner(Captioner):
     """Shared batching, prompting and decoding; subclasses load and build model inputs."""
 
     backbone: ClassVar[str] = ""
+    _held = ("_model", "_processor")
+    # frames per generate call: a 7B VLM at ~300 visual tokens a frame fits 32 on one GPU
+    GPU_BATCH, CPU_BATCH = 32, 4
 
     def __init__(
         self,
         model: str | None = None,
         device: str | None = None,
         dtype: str | None = "auto",
-        batch_size: int = 8,
+        batch_size: int | None = None,
         max_new_tokens: int = 64,
         revision: str = "",
         **_: Any,
@@ -52,12 +63,19 @@ class HFCaptioner(Captioner):
         self.entities: str = preset.get("entities", "rules")
         self.device_name = device
         self.dtype_name = dtype
-        self.batch_size = max(1, int(batch_size))
+        self._batch_size = batch_size
         self.max_new_tokens = int(max_new_tokens)
         self.revision = revision
         self.device = ""
         self._model: Any = None
         self._processor: Any = None
+
+    @property
+    def batch_size(self) -> int:
+        """Frames per batch: as configured, else by device (known before any weights load)."""
+        if self._batch_size:
+            return max(1, int(self._batch_size))
+        return default_batch_size(resolve_device(self.device_name), self.GPU_BATCH, self.CPU_BATCH)
 
     def aware_prompt(self, query: str) -> str:
         """The aware prompt for one query: its key entities and actions filled in."""
@@ -77,7 +95,7 @@ class HFCaptioner(Captioner):
                 raise FileNotFoundError(
                     f"{self.backbone} model {self.model_id!r} could not be loaded: {e}"
                 ) from None
-            self._model = self._model.to(self.device).eval()
+            self._model = self._model.eval()
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -85,29 +103,56 @@ class HFCaptioner(Captioner):
     def _inputs(self, images: list[Any], prompts: list[str]) -> Any:
         raise NotImplementedError
 
-    def caption_images(self, images: list[Any], prompts: Sequence[str]) -> list[str]:
-        """One caption per (PIL image, prompt), generated `batch_size` at a time."""
+    def generate_batch(self, images: list[Any], prompts: Sequence[str]) -> list[str]:
+        """One greedy caption per (PIL image, prompt), all in one `generate` call.
+
+        Instruct checkpoints ship sampling defaults in their generation config
+        (`do_sample=True`, temperature, top-p, top-k); each is overridden here.
+        """
         import torch  # lazy: heavy optional (torch)
 
         self.load()
-        out: list[str] = []
-        for s in range(0, len(images), self.batch_size):
-            enc = self._inputs(images[s : s + self.batch_size], list(prompts[s : s + self.batch_size]))
-            with torch.inference_mode():
-                gen = self._model.generate(
-                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                    temperature=None, top_p=None, top_k=None,
-                )
-            texts = self._processor.batch_decode(new_tokens(gen, enc["input_ids"]), skip_special_tokens=True)
-            out.extend(" ".join(str(t).split()) for t in texts)
+        enc = self._inputs(images, list(prompts))
+        with torch.inference_mode():
+            gen = self._model.generate(
+                **enc, max_new_tokens=self.max_new_tokens, max_length=None, do_sample=False,
+                temperature=None, top_p=None, top_k=None,
+            )
+        texts = self._processor.batch_decode(new_tokens(gen, enc["input_ids"]), skip_special_tokens=True)
+        return [" ".join(str(t).split()) for t in texts]
+
+    def caption_frames(self, frames: Frames, requests: Sequence[tuple[str, Sequence[int]]]) -> list[list[str]]:
+        """Captions of one video's frames for several (prompt, frame indices) requests.
+
+        Every (prompt, frame) pair of the video is planned into batches by `plan_batches`
+        (sorted by prompt length, then prompt, then frame), so the batches are a function of
+        the requests alone. Returns, per request, its captions in its index order.
+        """
+        pairs = [(r, j) for r, (_, idx) in enumerate(requests) for j in range(len(idx))]
+        out: list[list[str]] = [[""] * len(idx) for _, idx in requests]
+        if not pairs:
+            return out
+
+        def sort_key(pair: tuple[int, int]) -> tuple[int, str, int]:
+            prompt, idx = requests[pair[0]]
+            return (len(prompt), prompt, int(idx[pair[1]]))
+
+        for batch in plan_batches(pairs, self.batch_size, sort_key=sort_key):
+            images = frames.pil([requests[r][1][j] for r, j in batch])
+            texts = self.generate_batch(images, [requests[r][0] for r, _ in batch])
+            for (r, j), text in zip(batch, texts, strict=True):
+                out[r][j] = text
         return out
 
     def agnostic(self, frames: Frames) -> list[str]:
-        return self.caption_images(frames.pil(), [self.agnostic_prompt] * len(frames))
+        return self.caption_frames(frames, [(self.agnostic_prompt, range(len(frames)))])[0]
 
     def aware(self, frames: Frames, indices: Sequence[int], query: str) -> list[str]:
-        prompt = self.aware_prompt(query)
-        return self.caption_images(frames.pil(indices), [prompt] * len(indices))
+        return self.aware_many(frames, [(query, indices)])[0]
+
+    def aware_many(self, frames: Frames, requests: Sequence[tuple[str, Sequence[int]]]) -> list[list[str]]:
+        """Aware captions of several queries of one video: (query, candidate frames) each."""
+        return self.caption_frames(frames, [(self.aware_prompt(q), idx) for q, idx in requests])
 
 
 @CAPTIONERS.register("qwen2.5-vl")
@@ -137,7 +182,7 @@ class Qwen25VLCaptioner(HFCaptioner):
         self._processor = AutoProcessor.from_pretrained(self.model_id, **pkw)
         self._processor.tokenizer.padding_side = "left"
         self._model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            self.model_id, dtype=self._dtype, **self._kw()
+            self.model_id, **hf_load_kwargs(self.device, self._dtype), **self._kw()
         )
 
     def _inputs(self, images: list[Any], prompts: list[str]) -> Any:
@@ -156,8 +201,10 @@ class Qwen25VLCaptioner(HFCaptioner):
 class Blip2Captioner(HFCaptioner):
     """BLIP-2 OPT-2.7b (`Blip2ForConditionalGeneration` + `Blip2Processor`).
 
-    The prompt is a text prefix ("a photo of"; the aware one a question); the caption is
-    the continuation only.
+    OPT-2.7b is a plain language model, not instruction-tuned: it continues text. The
+    agnostic prompt is a caption prefix ("a photo of"); the aware prompt is an open
+    question in BLIP-2's zero-shot VQA format ("Question: ... Answer:"), never a yes/no
+    question, which it would answer "yes" or "no". The caption is the continuation only.
     """
 
     name = "blip2"
@@ -172,7 +219,7 @@ class Blip2Captioner(HFCaptioner):
         self._processor = Blip2Processor.from_pretrained(self.model_id, **self._kw())
         self._processor.tokenizer.padding_side = "left"
         self._model = Blip2ForConditionalGeneration.from_pretrained(
-            self.model_id, dtype=self._dtype, **self._kw()
+            self.model_id, **hf_load_kwargs(self.device, self._dtype), **self._kw()
         )
 
     def _inputs(self, images: list[Any], prompts: list[str]) -> Any:

@@ -51,12 +51,29 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None]:
     return arch, None if pre.lower() in ("none", "random") else pre
 
 
+def tag_quick_gelu(arch: str, pretrained: str | None) -> bool:
+    """Whether the weights of an open_clip pretrained tag were trained with QuickGELU.
+
+    OpenAI's CLIP (tag `openai`) uses QuickGELU, the `ViT-B-32` config plain GELU. open_clip
+    2.x switched the activation for that tag by itself; 3.x only warns ("QuickGELU
+    mismatch") and builds GELU, so every frame score would come from a mis-activated
+    model. The tag's own record says which activation its weights need, and that is what
+    the model is built with. A checkpoint file or no weights: the config decides.
+    """
+    if not pretrained:
+        return False
+    import open_clip  # lazy: heavy optional (open_clip)
+
+    return bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
+
+
 @FRAME_FILTERS.register("clip-vit-b32")
 class OpenCLIPFrameFilter(FrameFilter):
     """CLIP ViT-B/32 (open_clip) frame-query similarity; any open_clip model by spec."""
 
     name = "clip-vit-b32"
     needs_frames = True
+    _held = ("_model", "_preprocess", "_tokenizer")
 
     def __init__(
         self,
@@ -96,7 +113,8 @@ class OpenCLIPFrameFilter(FrameFilter):
             if not Path(self.pretrained).expanduser().is_file():
                 raise FileNotFoundError(f"open_clip checkpoint {self.pretrained} does not exist")
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=self.pretrained, device=self.device
+            name, pretrained=self.pretrained, device=self.device,
+            force_quick_gelu=tag_quick_gelu(name, self.pretrained),
         )
         dtype = resolve_dtype(self.dtype_name, self.device, prefer_half=False)
         self._model = model.to(dtype=dtype).eval()
@@ -136,6 +154,7 @@ class CaptionTextFrameFilter(FrameFilter):
     name = "caption-text"
     needs_frames = False
     label = FRAME_FILTER_MODELS["caption-text"]
+    _held = ("_model", "_embedder")
 
     def __init__(
         self,
@@ -157,6 +176,7 @@ class CaptionTextFrameFilter(FrameFilter):
         """Load the embedder's weights now (otherwise its first `encode` does)."""
         if self._model is None:
             self._model = self.embedder.load()
+            self.device = str(getattr(self.embedder, "device", None) or "cpu")
 
     @property
     def embedder(self) -> Any:
@@ -177,6 +197,7 @@ class CaptionTextFrameFilter(FrameFilter):
 
     def score_captions(self, cache: Any, captions: list[str], queries: Sequence[str]) -> list[list[float]]:
         """[query][frame] cosine between each query and each frame's caption."""
+        self.load()
         cap = self._matrix(cache, list(captions))
         out = []
         for q in queries:

@@ -28,6 +28,8 @@ from typing import Any
 from harness.build.backends.base import (
     REWRITERS,
     Rewriter,
+    default_batch_size,
+    hf_load_kwargs,
     new_tokens,
     resolve_device,
     resolve_dtype,
@@ -228,7 +230,7 @@ class HFCausalLMRewriter(Rewriter):
         gguf_file: str | None = None,
         device: str | None = None,
         dtype: str | None = "auto",
-        batch_size: int = 4,
+        batch_size: int | None = None,
         max_new_tokens: int = 384,
         attempts: int = 3,
         temperature: float = 0.7,
@@ -245,7 +247,7 @@ class HFCausalLMRewriter(Rewriter):
         self.source, self.gguf_file = split_gguf(model, gguf_file)
         self.device_name = device
         self.dtype_name = dtype
-        self.batch_size = max(1, int(batch_size))
+        self._batch_size = batch_size
         self.max_new_tokens = int(max_new_tokens)
         self.attempts = int(attempts)
         self.temperature = float(temperature)
@@ -256,6 +258,18 @@ class HFCausalLMRewriter(Rewriter):
         self._model: Any = None
         self._tok: Any = None
         self.device = ""
+
+    _held = ("_model", "_tok")
+    # queries per batch (two prompts each); an 8B model in bf16 has room for far more,
+    # but a batch waits for its longest answer
+    GPU_BATCH, CPU_BATCH = 16, 4
+
+    @property
+    def batch_size(self) -> int:
+        """Queries per batch: as configured, else by device (known before any weights load)."""
+        if self._batch_size:
+            return max(1, int(self._batch_size))
+        return default_batch_size(resolve_device(self.device_name), self.GPU_BATCH, self.CPU_BATCH)
 
     # -- loading --------------------------------------------------------------------------
     def load(self) -> None:
@@ -276,14 +290,15 @@ class HFCausalLMRewriter(Rewriter):
             kw["gguf_file"] = self.gguf_file
         try:
             tok = AutoTokenizer.from_pretrained(self.source, **kw)
-            model = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype, **kw)
+            model = AutoModelForCausalLM.from_pretrained(
+                self.source, **hf_load_kwargs(self.device, dtype), **kw)
         except OSError as e:
             raise FileNotFoundError(f"rewriter model {self.model_id!r} could not be loaded: {e}") from None
-        if tok.pad_token is None:
+        if tok.pad_token is None:  # LLaMA-3 ships none; padded positions are masked out
             tok.pad_token = tok.eos_token
         tok.padding_side = "left"  # decoder-only batched generation
         self._tok = tok
-        self._model = model.to(self.device).eval()
+        self._model = model.eval()
 
     @property
     def has_chat_template(self) -> bool:
@@ -307,17 +322,26 @@ class HFCausalLMRewriter(Rewriter):
             ))
         return instruction + "\n"
 
+    def encode(self, instructions: Sequence[str]) -> Any:
+        """The batch `generate` feeds the model: rendered, left-padded, on the device.
+
+        A chat template writes the BOS token itself (LLaMA-3's does), and the tokenizer
+        would add a second one, so special tokens are added only without a template.
+        """
+        self.load()
+        texts = [self.render(t) for t in instructions]
+        return self._tok(
+            texts, return_tensors="pt", padding=True, add_special_tokens=not self.has_chat_template
+        ).to(self.device)
+
     def generate(self, instructions: Sequence[str], sample: bool = False, seed: int = 0) -> list[str]:
         """The model's answers (new text only) to already-filled instructions."""
         import torch  # lazy: heavy optional (torch)
 
-        self.load()
-        texts = [self.render(t) for t in instructions]
-        enc = self._tok(
-            texts, return_tensors="pt", padding=True, add_special_tokens=not self.has_chat_template
-        ).to(self.device)
+        enc = self.encode(instructions)
         gen: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
+            "max_length": None,  # generation configs carry one (LLaMA-3: 4096); ours rules
             "pad_token_id": self._tok.pad_token_id,
             "do_sample": sample,
         }
