@@ -385,6 +385,7 @@ def test_each_stage_meter_starts_with_no_other_model(reference: Run) -> None:
         meta = json.loads(r["meta"])
         resident = set(meta["resident_at_start"])
         assert resident <= {STAGE_OWNER[r["stage"]]}, (r["stage"], resident)
+        assert meta["leaked_at_start"] == []  # unloaded models were really freed
         if r["stage"] in ("variants", "frame_scores") and meta.get("pair", 1) == 1:
             assert resident == set()  # the build's first model, and the one after the rewriter
         assert all(b > 0 for b in meta["model_bytes"].values())

@@ -43,6 +43,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,6 +263,7 @@ class CacheBuilder:
         self.report = BuildReport(ds.name, f"{config.shard[0]}/{config.shard[1]}")
         self._processed: dict[str, int] = defaultdict(int)
         self._backends: dict[str, Any] = {}
+        self._unloaded: dict[str, weakref.ref[Any]] = {}
         self._source: Any = None
 
     def _check_names(self) -> None:
@@ -396,6 +398,7 @@ class CacheBuilder:
             return
         meta = {**meta, "load_s": m["load_s"], "mem_method": m["mem_method"],
                 "rss_peak_bytes": m["rss_peak_bytes"], "resident_at_start": m["resident_at_start"],
+                "leaked_at_start": m["leaked_at_start"],
                 "allocated_at_start_bytes": m["allocated_at_start_bytes"],
                 "model_bytes": m["model_bytes"], "dataset": self.name,
                 "shard": self.report.shard, "batch_size": self.cfg.batch_size}
@@ -408,13 +411,21 @@ class CacheBuilder:
         return {k: b.model_bytes() for k, b in self._backends.items() if b.loaded}
 
     def _release(self, keep: str | None) -> None:
-        """Unload every loaded backend but `keep` (the next stage's)."""
+        """Unload every loaded backend but `keep` (the next stage's), remembering each torch
+        model by weak reference so that a leaked one (still alive after its unload) shows."""
         for name, backend in self._backends.items():
             if name != keep and backend.loaded:
+                if hasattr(backend._model, "parameters"):
+                    self._unloaded[name] = weakref.ref(backend._model)
                 backend.unload()
 
+    def leaked_models(self) -> list[str]:
+        """Backends whose unloaded model is still alive (something still holds it)."""
+        return sorted(n for n, ref in self._unloaded.items() if ref() is not None)
+
     def _meter(self, backend: Any) -> StageMeter:
-        return StageMeter(_device_of(backend), resident=self.loaded_models()).start()
+        return StageMeter(_device_of(backend), resident=self.loaded_models(),
+                          leaked=self.leaked_models()).start()
 
     # -- stages -----------------------------------------------------------------------------
     def run(self) -> BuildReport:

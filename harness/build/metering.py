@@ -57,12 +57,14 @@ class StageMeter:
     allocated now, so the builder unloads the previous stage's model first; `resident`
     (backend -> weight bytes in memory when the meter starts) and, on a GPU, the bytes
     allocated at the start are recorded with the stage so a report can show its peak
-    holds nothing else.
+    holds nothing else; `leaked` names unloaded models that something still holds.
     """
 
-    def __init__(self, device: str, resident: dict[str, int] | None = None) -> None:
+    def __init__(self, device: str, resident: dict[str, int] | None = None,
+                 leaked: list[str] | None = None) -> None:
         self.device = device
         self.resident = dict(resident or {})
+        self.leaked = list(leaked or [])
         self.t_start = time.perf_counter()
         self.load_s = 0.0
         self.allocated_at_start: int | None = None
@@ -96,6 +98,7 @@ class StageMeter:
             "load_s": self.load_s,
             "rss_peak_bytes": rss,
             "resident_at_start": self.resident,
+            "leaked_at_start": self.leaked,
             "allocated_at_start_bytes": self.allocated_at_start,
             "model_bytes": self.loaded,
         }
