@@ -24,6 +24,7 @@ nothing about the paper's timings (docs/gpu.md has the estimates).
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import sys
@@ -63,7 +64,7 @@ def make_world(root: Path) -> tuple[Path, Path, tiny.TinyModels]:
     return root / "data", root / "videos", models
 
 
-def run_build(root: Path, device: str, dtype: str, captioner: str) -> tuple[list[dict], list[str]]:
+def run_build(root: Path, device: str, dtype: str, captioner: str) -> tuple[list[str], list[str]]:
     data, videos, models = make_world(root)
     cache = Cache(root / f"cache-{captioner}")
     cfg = BuildConfig(
@@ -81,7 +82,9 @@ def run_build(root: Path, device: str, dtype: str, captioner: str) -> tuple[list
     rows = efficiency_rows(cache)
     metas = {r["stage"]: json.loads(r["meta"]) for r in cache.timings()}
     order = [s.stage for s in report.stages]
-    # what stays allocated with no model at all (cuBLAS workspaces, allocator blocks)
+    # what stays allocated with no model at all (cuBLAS workspaces, allocator blocks), once
+    # reference cycles are collected (a SentenceTransformer sits in one until then)
+    gc.collect()
     idle = int(torch.cuda.memory_allocated()) if device == "cuda" else 0
     for stage in order:
         meta = metas.get(stage)

@@ -555,3 +555,27 @@ def test_decord_decodes_at_the_target_size_in_chunks(tmp_path: Path, monkeypatch
     assert [img.shape for img in frames.images] == [(360, 640, 3)] * 5
     assert batches[1:] == [2, 2, 1]  # after the one-frame size check
     assert np.abs(frames.images[1][10, 10].astype(int) - GREEN).max() < 20
+
+
+def test_flash_attention_only_for_classes_that_have_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FlashAttention-2 is asked for only where transformers can use it and the class
+    supports it: BLIP-2's Q-Former has no FA2 path and `from_pretrained` would refuse it."""
+    import torch
+    import transformers.utils
+    from transformers import (
+        Blip2ForConditionalGeneration,
+        LlamaForCausalLM,
+        Qwen2_5_VLForConditionalGeneration,
+    )
+
+    from harness.build.backends.base import hf_load_kwargs
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    bf16 = torch.bfloat16
+    assert hf_load_kwargs("cuda:0", bf16, Qwen2_5_VLForConditionalGeneration)["attn_implementation"] == "flash_attention_2"
+    assert hf_load_kwargs("cuda:0", bf16, LlamaForCausalLM)["attn_implementation"] == "flash_attention_2"
+    assert "attn_implementation" not in hf_load_kwargs("cuda:0", bf16, Blip2ForConditionalGeneration)
+    assert "attn_implementation" not in hf_load_kwargs("cuda:0", torch.float32, LlamaForCausalLM)
+    assert hf_load_kwargs("cpu", bf16, LlamaForCausalLM) == {"dtype": bf16, "device_map": "cpu"}
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    assert "attn_implementation" not in hf_load_kwargs("cuda:0", bf16, LlamaForCausalLM)

@@ -9,6 +9,7 @@ an uninterrupted build vs. a build killed midway and rerun, vs. two shards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -477,7 +478,12 @@ class BatchEcho(Rewriter):
         return [RewriteResult(q, {"qs": sorted(queries), "qd": [q]}, "ok") for q in queries]
 
 
-REWRITERS.register("test-batch-echo")(BatchEcho)
+@pytest.fixture()
+def batch_echo() -> object:
+    """`test-batch-echo` registered for one test only (not left in the global registry)."""
+    REWRITERS.register("test-batch-echo")(BatchEcho)
+    yield BatchEcho
+    REWRITERS._items.pop("test-batch-echo", None)
 
 
 def _echo_build(world: World, cache: Path, *extra: str) -> int:
@@ -489,7 +495,7 @@ def _echo_build(world: World, cache: Path, *extra: str) -> int:
     return rc
 
 
-def test_shards_and_resumed_builds_run_the_same_batches(world: World, tmp_path: Path,
+def test_shards_and_resumed_builds_run_the_same_batches(world: World, tmp_path: Path, batch_echo: object,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(BatchEcho, "fail_after", None)
     _echo_build(world, tmp_path / "whole")
@@ -511,3 +517,15 @@ def test_shards_and_resumed_builds_run_the_same_batches(world: World, tmp_path: 
     monkeypatch.setattr(BatchEcho, "fail_after", None)
     _echo_build(world, tmp_path / "resumed")
     assert entries(tmp_path / "resumed") == want
+
+
+def test_a_limited_build_takes_whole_videos(world: World, tmp_path: Path) -> None:
+    """`--limit 1` keeps every query of the first query's video (vidA has two), and plans the
+    rewriter's batches over the whole dataset: a limited build and a later full build into
+    the same cache run every sample in the same batch."""
+    cfg = BuildConfig(dataset="qvhighlights:val", data_root=str(world.data_root), stages=("variants",),
+                      limit=1, progress=False)
+    b = CacheBuilder(cfg, Cache(tmp_path / "unused"), log=io.StringIO())
+    assert [q.qid for q in b.queries] == [1, 2]
+    full = CacheBuilder(dataclasses.replace(cfg, limit=None), Cache(tmp_path / "unused"), log=io.StringIO())
+    assert b.rewrite_plan(3) == full.rewrite_plan(3)

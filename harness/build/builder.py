@@ -238,9 +238,11 @@ class CacheBuilder:
         self.cfg = config
         self.cache = cache
         self.log = log or sys.stderr
-        ds = dataset or load_dataset(config.dataset, config.data_root)
-        if config.limit is not None:
-            ds = ds.subset(config.limit)
+        full = dataset or load_dataset(config.dataset, config.data_root)
+        ds = full
+        if config.limit is not None:  # whole videos: the videos of the first `limit` queries
+            vids = {q.vid for q in full.subset(config.limit).queries}
+            ds = full.with_queries(tuple(q for q in full.queries if q.vid in vids))
         self.dataset = ds
         self.name = ds.label
         self.family = ds.family
@@ -255,9 +257,10 @@ class CacheBuilder:
         self.vq: list[Query] = list({(q.vid, q.query): q for q in self.queries}.values())
         self.texts: list[Query] = list({q.query: q for q in self.queries}.values())
         # a query text's batch group: the bucket of the first video that asks it, in the
-        # whole dataset (so that every shard plans the same batches)
+        # whole dataset, `--limit` or not (so that every shard and every limit plans the same
+        # batches)
         self.text_bucket: dict[str, int] = {}
-        for q in ds.queries:
+        for q in full.queries:
             self.text_bucket.setdefault(q.query, shard_bucket(q.vid))
         self._check_names()
         self.report = BuildReport(ds.name, f"{config.shard[0]}/{config.shard[1]}")
@@ -393,15 +396,21 @@ class CacheBuilder:
         rep.done += len(rows)
         rep.failed += sum(1 for r in rows if r[2] == "failed")
 
-    def _record(self, producer: Producer, rep_items: int, m: dict[str, Any], meta: dict[str, Any]) -> None:
+    def _record(self, producer: Producer, rep_items: int, m: dict[str, Any], meta: dict[str, Any],
+                backend: Any) -> None:
+        """The stage's timing record, with what decides its numbers beyond the cache key: the
+        batch size and the attention kernel (shards of one build must agree on both)."""
         if rep_items <= 0:
             return
-        meta = {**meta, "load_s": m["load_s"], "mem_method": m["mem_method"],
+        config = getattr(getattr(backend, "_model", None), "config", None)
+        meta = {**meta, "batch_size": getattr(backend, "batch_size", self.cfg.batch_size),
+                "attn_implementation": getattr(config, "_attn_implementation", None),
+                "load_s": m["load_s"], "mem_method": m["mem_method"],
                 "rss_peak_bytes": m["rss_peak_bytes"], "resident_at_start": m["resident_at_start"],
                 "leaked_at_start": m["leaked_at_start"],
                 "allocated_at_start_bytes": m["allocated_at_start_bytes"],
                 "model_bytes": m["model_bytes"], "dataset": self.name,
-                "shard": self.report.shard, "batch_size": self.cfg.batch_size}
+                "shard": self.report.shard}
         self.cache.record_timing(producer, rep_items, m["wall_s"], m["peak_mem_bytes"],
                                  m["device_label"], meta)
 
@@ -516,7 +525,7 @@ class CacheBuilder:
                     self._commit("variants", producer, rows, rep)
                     bar.update(len(rows))
             n = rep.done - done_before
-            self._record(producer, n, meter.stop(), {"queries": n, "unit": "query", "pair": pair})
+            self._record(producer, n, meter.stop(), {"queries": n, "unit": "query", "pair": pair}, rw)
         return rep
 
     def _by_video(self, idx: list[int]) -> dict[str, list[int]]:
@@ -555,7 +564,7 @@ class CacheBuilder:
                             for i, s in zip(idx, scores, strict=True) if i in missing]
                     self._commit("frame_scores", producer, rows, rep)
                 bar.update(sum(1 for i in idx if i in missing))
-        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
+        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"}, ff)
         return rep
 
     def _frame_filter_from_captions(self, ff: Any, producer: Producer, items: list[dict[str, Any]],
@@ -577,7 +586,7 @@ class CacheBuilder:
                     rows = [(items[i], s, "ok", meta) for i, s in zip(idx, scores, strict=True) if i in missing]
                     self._commit("frame_scores", producer, rows, rep)
                 bar.update(sum(1 for i in idx if i in missing))
-        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
+        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"}, ff)
         return rep
 
     def stage_captions_agnostic(self) -> StageReport:
@@ -602,7 +611,7 @@ class CacheBuilder:
                                  [(items[i], captions, "ok", {"n_frames": len(frames)})], rep)
                     queries += self.queries_per_video[vids[i]]
                 bar.update(1)
-        self._record(producer, rep.done, meter.stop(), {"queries": queries, "unit": "video"})
+        self._record(producer, rep.done, meter.stop(), {"queries": queries, "unit": "video"}, cap)
         return rep
 
     def stage_captions_aware(self) -> StageReport:
@@ -660,7 +669,7 @@ class CacheBuilder:
                             for (i, c), text in zip(requests, captions, strict=True) if i in missing]
                 self._commit("captions_aware", producer, rows, rep)
                 bar.update(len(idx))
-        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"})
+        self._record(producer, rep.done, meter.stop(), {"queries": rep.done, "unit": "query"}, cap)
         return rep
 
 

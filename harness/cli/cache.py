@@ -222,8 +222,9 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="frames / queries per batch (default by device: GPU 32 frames, 16 queries;"
-                        " CPU 4); every shard of one build must use the same")
+                   help="frames / queries per batch (default by backend and device: captioner 32"
+                        " frames on a GPU, 4 on a CPU; rewriter 16 / 4 queries; CLIP 64 frames);"
+                        " every shard of one build must use the same")
     p.add_argument("--shard", type=_parse_shard, default=(0, 1),
                    help=f"i/N: this machine's share (N <= {SHARD_BUCKETS})")
     p.add_argument("--limit", type=positive_int, default=None, help="first N queries of the dataset only")

@@ -10,7 +10,6 @@ and a build that finds everything cached never loads a model.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -128,19 +127,26 @@ def default_batch_size(device: str, gpu: int, cpu: int) -> int:
     return gpu if device.startswith("cuda") else cpu
 
 
-def hf_load_kwargs(device: str, dtype: Any) -> dict[str, Any]:
-    """`from_pretrained` keywords that put the weights on `device` as they load.
+def hf_load_kwargs(device: str, dtype: Any, model_cls: Any) -> dict[str, Any]:
+    """`from_pretrained` keywords that put the weights of a `model_cls` on `device` as they load.
 
     `device_map` (accelerate) streams each tensor to the GPU, so the model never sits in
-    host memory first; FlashAttention-2 is asked for only where it can run (the package is
-    installed, a CUDA device, half precision); otherwise transformers picks its default
-    (PyTorch's SDPA kernels for the paper's models).
+    host memory first. A bare `cuda` becomes the current device (`cuda:N`): transformers
+    would read it as `cuda:$LOCAL_RANK`, while the inputs go to the current device.
+    FlashAttention-2 is asked for only where it can run: transformers finds a usable
+    flash-attn (its own check: distribution and version), the device is CUDA, the dtype is
+    half, and the class supports it (BLIP-2 does not: its Q-Former has no FA2 path, and
+    asking for it is an error). Otherwise transformers picks its default (SDPA).
     """
     import torch  # lazy: heavy optional (torch)
+    from transformers.utils import is_flash_attn_2_available  # lazy: heavy optional
 
+    if device == "cuda" and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}"
     kw: dict[str, Any] = {"dtype": dtype, "device_map": device}
     half = dtype in (torch.float16, torch.bfloat16)
-    if device.startswith("cuda") and half and importlib.util.find_spec("flash_attn") is not None:
+    if (device.startswith("cuda") and half and getattr(model_cls, "_supports_flash_attn", False)
+            and is_flash_attn_2_available()):
         kw["attn_implementation"] = "flash_attention_2"
     return kw
 

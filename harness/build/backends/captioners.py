@@ -11,9 +11,10 @@ cache key. Generation is greedy. Batches never cross a video: a video's frames (
 or its queries' candidate frames (aware, all queries of the video together, sorted by
 prompt so that equal prompts share a batch) are cut into batches of `batch_size` by
 `plan_batches`, so which frames share a batch depends on the video alone, never on the
-shard, the other videos or what was cached before. In half precision a caption can depend
-on its batch mates (padding and kernel choice move the logits by rounding steps), so
-"the same batch" is what makes two builds agree. Any hub id or local folder with the
+shard, the other videos or what was cached before. A caption can depend on its batch
+mates: in half precision padding and kernel choice move the logits by rounding steps, and a
+checkpoint's `repetition_penalty` (Qwen2.5-VL ships 1.05) also penalises the pad token a
+shorter prompt is padded with. So "the same batch" is what makes two builds agree. Any hub id or local folder with the
 same classes works (`model=`); on CPU the dtype is float32, on a GPU bf16/fp16.
 """
 
@@ -182,7 +183,8 @@ class Qwen25VLCaptioner(HFCaptioner):
         self._processor = AutoProcessor.from_pretrained(self.model_id, **pkw)
         self._processor.tokenizer.padding_side = "left"
         self._model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            self.model_id, **hf_load_kwargs(self.device, self._dtype), **self._kw()
+            self.model_id, **hf_load_kwargs(self.device, self._dtype, Qwen2_5_VLForConditionalGeneration),
+            **self._kw()
         )
 
     def _inputs(self, images: list[Any], prompts: list[str]) -> Any:
@@ -219,7 +221,8 @@ class Blip2Captioner(HFCaptioner):
         self._processor = Blip2Processor.from_pretrained(self.model_id, **self._kw())
         self._processor.tokenizer.padding_side = "left"
         self._model = Blip2ForConditionalGeneration.from_pretrained(
-            self.model_id, **hf_load_kwargs(self.device, self._dtype), **self._kw()
+            self.model_id, **hf_load_kwargs(self.device, self._dtype, Blip2ForConditionalGeneration),
+            **self._kw()
         )
 
     def _inputs(self, images: list[Any], prompts: list[str]) -> Any:

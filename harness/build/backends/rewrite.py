@@ -273,12 +273,16 @@ class HFCausalLMRewriter(Rewriter):
 
     # -- loading --------------------------------------------------------------------------
     def load(self) -> None:
-        """Tokenizer and model, once; a GGUF file is de-quantised by transformers."""
+        """Tokenizer and model, once (a GGUF file is read by transformers' GGUF loader)."""
         if self._model is not None:
             return
         from transformers import (  # lazy: heavy optional (transformers)
+            AutoConfig,
             AutoModelForCausalLM,
             AutoTokenizer,
+        )
+        from transformers.models.auto.modeling_auto import (  # lazy: heavy optional
+            MODEL_FOR_CAUSAL_LM_MAPPING,
         )
 
         self.device = resolve_device(self.device_name)
@@ -290,8 +294,10 @@ class HFCausalLMRewriter(Rewriter):
             kw["gguf_file"] = self.gguf_file
         try:
             tok = AutoTokenizer.from_pretrained(self.source, **kw)
+            config = AutoConfig.from_pretrained(self.source, **kw)
+            model_cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
             model = AutoModelForCausalLM.from_pretrained(
-                self.source, **hf_load_kwargs(self.device, dtype), **kw)
+                self.source, config=config, **hf_load_kwargs(self.device, dtype, model_cls), **kw)
         except OSError as e:
             raise FileNotFoundError(f"rewriter model {self.model_id!r} could not be loaded: {e}") from None
         if tok.pad_token is None:  # LLaMA-3 ships none; padded positions are masked out
