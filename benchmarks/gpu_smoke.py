@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/gpu_smoke.py            # on a machine with a CUDA GPU
     .venv/bin/python benchmarks/gpu_smoke.py --allow-cpu  # the same checks on the CPU
 
-Builds the tiny random-weight models of the paper's classes (`harness.build.backends.
+Builds the tiny random-weight models of the paper's classes (`harness.builder.backends.
 testing`: LLaMA-3-, Qwen2.5-VL- and BLIP-2-shaped, an open_clip ViT with QuickGELU), writes
 a made-up dataset of two 640x360 videos and three queries, and runs `granalign cache
 build`'s builder through every stage (frames, variants, frame_scores, captions_agnostic,
@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from harness.build.backends import testing as tiny  # noqa: E402
-from harness.build.builder import BuildConfig, CacheBuilder  # noqa: E402
-from harness.build.metering import efficiency_rows  # noqa: E402
+from harness.builder.backends import testing as tiny  # noqa: E402
+from harness.builder.builder import BuildConfig, CacheBuilder  # noqa: E402
+from harness.builder.metering import efficiency_rows  # noqa: E402
 from harness.cache.store import Cache  # noqa: E402
 
 SLACK = 1 << 20  # bytes

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from harness.build.backends import FRAME_FILTERS, REWRITERS
+from harness.builder.backends import FRAME_FILTERS, REWRITERS
 from harness.cache.embedders import DTYPES, EMBEDDERS
 from harness.cache.producers import captioners, instruction_pairs
 from harness.core.constants import M_MAX, MAX_WINDOWS

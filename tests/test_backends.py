@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.build.backends import (
+from harness.builder.backends import (
     CAPTIONERS,
     DECODERS,
     FRAME_FILTERS,
@@ -26,11 +26,11 @@ from harness.build.backends import (
     candidate_frames,
     frame_times,
 )
-from harness.build.backends import testing as tiny
-from harness.build.backends.base import resolve_device
-from harness.build.backends.entities import extract_key_elements
-from harness.build.backends.frames import FrameSource, FrameStore, find_video
-from harness.build.backends.rewrite import RewriteParseError, parse_rewrites
+from harness.builder.backends import testing as tiny
+from harness.builder.backends.base import resolve_device
+from harness.builder.backends.entities import extract_key_elements
+from harness.builder.backends.frames import FrameSource, FrameStore, find_video
+from harness.builder.backends.rewrite import RewriteParseError, parse_rewrites
 from harness.cache.producers import FRAME_FILTER_MODELS, caption_producer, rewrite_producer
 from harness.cache.store import Cache
 from harness.core.registry import RegistryError
@@ -568,7 +568,7 @@ def test_flash_attention_only_for_classes_that_have_it(monkeypatch: pytest.Monke
         Qwen2_5_VLForConditionalGeneration,
     )
 
-    from harness.build.backends.base import hf_load_kwargs
+    from harness.builder.backends.base import hf_load_kwargs
 
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
     bf16 = torch.bfloat16

@@ -23,17 +23,17 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.build.backends import REWRITERS, Rewriter, candidate_frames
-from harness.build.backends import testing as tiny
-from harness.build.backends.rewrite import RewriteResult
-from harness.build.batching import shard_of
-from harness.build.builder import (
+from harness.builder.backends import REWRITERS, Rewriter, candidate_frames
+from harness.builder.backends import testing as tiny
+from harness.builder.backends.rewrite import RewriteResult
+from harness.builder.batching import shard_of
+from harness.builder.builder import (
     CRASH_ENV,
     BuildConfig,
     CacheBuilder,
     shard_queries,
 )
-from harness.build.metering import efficiency_rows
+from harness.builder.metering import efficiency_rows
 from harness.cache.producers import (
     caption_producer,
     frame_filter_producer,
@@ -299,7 +299,7 @@ def test_build_then_run_reads_every_pairing(world: World, tmp_path: Path, monkey
     """A build of every stage (embeddings included) feeds `granalign run` for every pairing,
     `Cq`, `qs` and `qd` included, with no other step. A random LLM never writes a parseable
     list, so its answer is replaced (the rest of the rewriter's code path runs as is)."""
-    from harness.build.backends.rewrite import HFCausalLMRewriter
+    from harness.builder.backends.rewrite import HFCausalLMRewriter
     from harness.method.scoring import PAIRINGS
 
     def answer(self: object, instructions: list[str], sample: bool = False, seed: int = 0) -> list[str]:
@@ -434,7 +434,7 @@ def test_batches_do_not_depend_on_the_shard(data_root: Path, tmp_path: Path) -> 
                           shard=(i, n), progress=False)
         return CacheBuilder(cfg, Cache(tmp_path / "unused"), log=io.StringIO())
 
-    from harness.build.batching import batches_to_run
+    from harness.builder.batching import batches_to_run
 
     whole = builder(0, 1)
     plan = [tuple(b) for b in whole.rewrite_plan(8)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.build.metering import efficiency_summary
+from harness.builder.metering import efficiency_summary
 from harness.cache.producers import caption_producer, frame_filter_producer, rewrite_producer
 from harness.cache.store import Cache
 from harness.config import ExperimentConfig

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.build.backends import REWRITERS
-from harness.build.backends.granular import (
+from harness.builder.backends import REWRITERS
+from harness.builder.backends.granular import (
     RULES_VERSION,
     SpacyGranularRewriter,
     has_proper_noun,

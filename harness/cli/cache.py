@@ -10,9 +10,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from harness.build.batching import SHARD_BUCKETS
-from harness.build.builder import DEFAULT_CAPTIONER, OPTION_GROUPS, STAGES, BuildConfig, build_cache
-from harness.build.metering import efficiency_rows, format_efficiency
+from harness.builder.batching import SHARD_BUCKETS
+from harness.builder.builder import DEFAULT_CAPTIONER, OPTION_GROUPS, STAGES, BuildConfig, build_cache
+from harness.builder.metering import efficiency_rows, format_efficiency
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
 from harness.cache.importers import import_source, run_import
 from harness.cache.merge import merge_caches

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.build.backends.granular import has_proper_noun
+from harness.builder.backends.granular import has_proper_noun
 from harness.core.constants import CLIP_SECONDS
 from harness.core.query import Query
 

@@ -34,7 +34,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from harness.build.metering import efficiency_summary
+from harness.builder.metering import efficiency_summary
 from harness.config import ExperimentConfig, load_config
 from harness.core.errors import ConfigError, DataFileMissing
 from harness.core.faults import fault_point

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from harness.build.backends import REWRITERS
+from harness.builder.backends import REWRITERS
 from harness.cache.embedders import embedder_model_id
 from harness.cache.store import Cache
 from harness.config import ExperimentConfig

@@ -24,13 +24,13 @@ reads exactly the keys the builder wrote.
 - Resumable: each stage asks `Cache.missing` what is left and does only that; a stage with
   nothing left never loads its model. Results are committed per batch of queries (the
   rewriter) or per video (the rest), so a crash loses at most one of them.
-- Sharding and batching (`harness.build.batching`): `--shard i/N` keeps the videos of the
+- Sharding and batching (`harness.builder.batching`): `--shard i/N` keeps the videos of the
   buckets b with b mod N == i, and their queries, after `--limit`. A sample's batch is a
   function of the dataset alone, so N machines together write what one would, and a
   resumed build what an uninterrupted one would (same device, dtype and batch size).
 - Missing or undecodable videos are reported by id and skipped; the rest go on.
 - Efficiency (Table 4): per stage and run, time, peak memory and what was resident when
-  the stage's meter started (`harness.build.metering`).
+  the stage's meter started (`harness.builder.metering`).
 
 Test hook: `GRANALIGN_BUILD_CRASH_AFTER=STAGE:N` kills the process (SIGKILL) right before
 the commit that would bring STAGE's processed items to N or more, simulating a crash mid-run.
@@ -51,7 +51,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from harness.build.backends import (
+from harness.builder.backends import (
     CAPTIONERS,
     DECODERS,
     FRAME_FILTERS,
@@ -59,16 +59,16 @@ from harness.build.backends import (
     VideoError,
     candidate_frames,
 )
-from harness.build.backends.base import resolve_device
-from harness.build.backends.frames import FrameSource, FrameStore
-from harness.build.batching import (
+from harness.builder.backends.base import resolve_device
+from harness.builder.backends.frames import FrameSource, FrameStore
+from harness.builder.batching import (
     SHARD_BUCKETS,
     batches_to_run,
     plan_batches,
     shard_bucket,
     shard_of,
 )
-from harness.build.metering import FRAME_TIMINGS, StageMeter
+from harness.builder.metering import FRAME_TIMINGS, StageMeter
 from harness.cache.embedders import build_embedder, embed_dataset
 from harness.cache.producers import (
     DEFAULT_FRAME_FILTER,
@@ -494,7 +494,7 @@ class CacheBuilder:
 
     def rewrite_plan(self, batch_size: int) -> list[list[str]]:
         """The rewriter's batches: every query text of the dataset (not only this shard's),
-        grouped by its bucket and sorted by length (`harness.build.batching`)."""
+        grouped by its bucket and sorted by length (`harness.builder.batching`)."""
         return plan_batches(list(self.text_bucket), batch_size, sort_key=lambda t: (len(t), t),
                             group_key=self.text_bucket.__getitem__)
 

@@ -14,8 +14,8 @@ registers all names; no heavy library is imported (those load when a model is fi
 
 from __future__ import annotations
 
-from harness.build.backends import captioners, frame_filter, frames, granular, rewrite
-from harness.build.backends.base import (
+from harness.builder.backends import captioners, frame_filter, frames, granular, rewrite
+from harness.builder.backends.base import (
     CAPTIONERS,
     DECODERS,
     FRAME_FILTERS,

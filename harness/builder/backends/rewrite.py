@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.build.backends.base import (
+from harness.builder.backends.base import (
     REWRITERS,
     Rewriter,
     default_batch_size,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.build.backends.base import (
+from harness.builder.backends.base import (
     FRAME_FILTERS,
     FrameFilter,
     Frames,

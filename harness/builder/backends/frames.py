@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.build.backends.base import DECODERS, FrameDecoder, Frames, VideoError, frame_times
+from harness.builder.backends.base import DECODERS, FrameDecoder, Frames, VideoError, frame_times
 from harness.core.constants import FPS
 from harness.core.io import atomic_write_bytes
 from harness.core.query import n_clips

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from harness.build.backends.base import (
+from harness.builder.backends.base import (
     CAPTIONERS,
     Captioner,
     Frames,
@@ -33,9 +33,9 @@ from harness.build.backends.base import (
     resolve_device,
     resolve_dtype,
 )
-from harness.build.backends.entities import KEY_ELEMENT_EXTRACTORS
-from harness.build.backends.granular import spacy_key_elements  # noqa: F401 (registers "spacy")
-from harness.build.batching import plan_batches
+from harness.builder.backends.entities import KEY_ELEMENT_EXTRACTORS
+from harness.builder.backends.granular import spacy_key_elements  # noqa: F401 (registers "spacy")
+from harness.builder.batching import plan_batches
 from harness.cache.producers import captioners as caption_presets
 
 

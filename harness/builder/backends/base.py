@@ -1,6 +1,6 @@
 """What every model backend is: the four registries, their base classes, shared helpers.
 
-The cache builder (`harness/build.py`) picks a backend per stage by name from one of the
+The cache builder (`harness/builder.py`) picks a backend per stage by name from one of the
 registries below and builds it from config (`REGISTRY.build({"type": name, **kwargs})`),
 so adding a backend is one class and one decorator. Heavy libraries (torch, transformers,
 open_clip, decord, av) are imported inside methods: importing this package costs nothing,

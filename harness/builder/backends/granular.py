@@ -36,9 +36,9 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any, ClassVar
 
-from harness.build.backends.base import REWRITERS, Rewriter
-from harness.build.backends.entities import KEY_ELEMENT_EXTRACTORS, KeyElements
-from harness.build.backends.rewrite import RewriteResult
+from harness.builder.backends.base import REWRITERS, Rewriter
+from harness.builder.backends.entities import KEY_ELEMENT_EXTRACTORS, KeyElements
+from harness.builder.backends.rewrite import RewriteResult
 from harness.cache.producers import paraphrase_producer, query_text_item
 from harness.core.constants import M_MAX
 
