@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.builder.batching import SHARD_BUCKETS
-from harness.builder.builder import DEFAULT_CAPTIONER, OPTION_GROUPS, STAGES, BuildConfig, build_cache
+from harness.builder.builder import (
+    DEFAULT_CAPTIONER,
+    OPTION_GROUPS,
+    STAGES,
+    BuildConfig,
+    build_cache,
+)
 from harness.builder.metering import efficiency_rows, format_efficiency
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
 from harness.cache.importers import import_source, run_import
