@@ -43,8 +43,8 @@ from harness.builder.metering import efficiency_rows  # noqa: E402
 from harness.cache.store import Cache  # noqa: E402
 
 SLACK = 1 << 20  # bytes
-OWNER = {"variants": "rewrite", "frame_scores": "frame_filter", "captions_agnostic": "captions",
-         "captions_aware": "captions"}
+OWNER = {"variants": "rewriter", "frame_scores": "frame_filter", "captions_agnostic": "captioner",
+         "captions_aware": "captioner"}
 QUERIES = [
     {"qid": 1, "vid": "vidA", "query": "A person picking up a pencil from the desk", "duration": 20},
     {"qid": 2, "vid": "vidA", "query": "a red scene turns blue", "duration": 20},
@@ -72,7 +72,7 @@ def run_build(root: Path, device: str, dtype: str, captioner: str) -> tuple[list
         rewriter_model=str(models.llama), frame_filter_model=models.clip_spec,
         captioner=captioner, caption_model=str(models.qwen_vl if captioner == "qwen2.5-vl" else models.blip2),
         device=device, dtype=dtype, progress=False,
-        options={"rewrite": {"max_new_tokens": 16, "attempts": 1}, "captions": {"max_new_tokens": 16}},
+        options={"rewriter": {"max_new_tokens": 16, "attempts": 1}, "captioner": {"max_new_tokens": 16}},
     )
     builder = CacheBuilder(cfg, cache, log=io.StringIO())
     t = time.perf_counter()

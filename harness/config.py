@@ -23,18 +23,27 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from harness.builder.backends import FRAME_FILTERS, REWRITERS
-from harness.cache.embedders import DTYPES, EMBEDDERS
-from harness.cache.producers import captioners, instruction_pairs
+from harness.cache.backbones import DEFAULT_BACKBONE
+from harness.cache.embedders import DTYPES
+from harness.cache.producers import instruction_pairs
 from harness.core.constants import M_MAX, MAX_WINDOWS
 from harness.core.errors import ConfigError
 from harness.core.io import canonical_json, sha256_hex
+from harness.core.registries import (
+    CAPTION_BACKBONES,
+    DATASETS,
+    EMBEDDERS,
+    FRAME_FILTERS,
+    NORMALISATIONS,
+    PRUNERS,
+    RECIPES,
+    REWRITERS,
+    SPAN_SCORERS,
+)
 from harness.core.registry import Registry, RegistryError
 from harness.core.yaml_io import load_yaml, parse_yaml
-from harness.data.spec import DATASETS
-from harness.method.proposals import PRUNERS, SPAN_SCORERS
-from harness.method.recipes import PROPOSAL_SOURCES, RECIPES
-from harness.method.scoring import CQ_FALLBACKS, NORMALISATIONS, resolve_pairing
+from harness.method.recipes import PROPOSAL_SOURCES
+from harness.method.scoring import CQ_FALLBACKS, resolve_pairing
 
 Pairing = str | tuple[tuple[str, str], ...]
 MAX_BINS = 1000  # histogram bins per curve: more is memory, not resolution (frames per video << 1000)
@@ -54,7 +63,7 @@ class ExperimentConfig:
     dataset: str = "qvhighlights:val"
     recipe: str = "granalign"  # granalign | vtg-gpt
     # cached inputs
-    captions: str = "qwen2.5-vl"  # caption backbone: qwen2.5-vl | blip2 | minigptv2 | ...
+    captions: str = DEFAULT_BACKBONE  # caption backbone: qwen2.5-vl | blip2 | minigptv2 | ...
     caption_model: str | None = None  # model id; None = the backbone's default
     frame_filter: str = "clip-vit-b32"
     frame_filter_model: str | None = None
@@ -181,10 +190,10 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
 _NAMED: dict[str, Registry[Any]] = {
     "dataset": DATASETS, "recipe": RECIPES, "normalisation": NORMALISATIONS, "prune": PRUNERS,
     "span_score": SPAN_SCORERS, "embedder": EMBEDDERS, "frame_filter": FRAME_FILTERS,
+    "captions": CAPTION_BACKBONES,
 }
 # key -> its valid values (functions: read when checked, after every module registered)
 _CHOICES: dict[str, Any] = {
-    "captions": lambda: sorted(captioners()),
     "rewriter": lambda: REWRITERS.names(),
     "instruction_pair": lambda: sorted(instruction_pairs()),
     "proposals_from": lambda: PROPOSAL_SOURCES,

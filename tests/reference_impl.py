@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.core.registries import RECIPES
 from harness.method.proposals import moment_proposals
-from harness.method.recipes import RECIPES
 from harness.method.sources import Prepared
 
 CLIP = 2.0

@@ -16,16 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.builder.backends import (
-    CAPTIONERS,
-    DECODERS,
-    FRAME_FILTERS,
-    REWRITERS,
-    Frames,
-    VideoError,
-    candidate_frames,
-    frame_times,
-)
+from harness.builder.backends import Frames, VideoError, candidate_frames, frame_times
 from harness.builder.backends import testing as tiny
 from harness.builder.backends.base import resolve_device
 from harness.builder.backends.entities import extract_key_elements
@@ -33,6 +24,7 @@ from harness.builder.backends.frames import FrameSource, FrameStore, find_video
 from harness.builder.backends.rewrite import RewriteParseError, parse_rewrites
 from harness.cache.producers import FRAME_FILTER_MODELS, caption_producer, rewrite_producer
 from harness.cache.store import Cache
+from harness.core.registries import CAPTIONERS, DECODERS, FRAME_FILTERS, REWRITERS
 from harness.core.registry import RegistryError
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)

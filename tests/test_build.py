@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.builder.backends import REWRITERS, Rewriter, candidate_frames
+from harness.builder.backends import Rewriter, candidate_frames
 from harness.builder.backends import testing as tiny
 from harness.builder.backends.rewrite import RewriteResult
 from harness.builder.batching import shard_of
@@ -43,6 +43,7 @@ from harness.cache.producers import (
     video_query_item,
 )
 from harness.cache.store import Cache
+from harness.core.registries import REWRITERS
 from harness.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,9 +104,9 @@ def build_args(w: World, cache: Path, *extra: str) -> list[str]:
         # batches of several queries (rewriter) and of mixed prompts (vidA's two queries'
         # aware captions): a padded batch can flip a near-tie argmax, so sharded and
         # resumed builds agree only because their batches are the same
-        "--opt", "rewrite.batch_size=3", "--opt", "captions.batch_size=3",
-        "--opt", "rewrite.max_new_tokens=6",
-        "--opt", "rewrite.attempts=2", "--opt", "captions.max_new_tokens=4", "--no-progress",
+        "--opt", "rewriter.batch_size=3", "--opt", "captioner.batch_size=3",
+        "--opt", "rewriter.max_new_tokens=6",
+        "--opt", "rewriter.attempts=2", "--opt", "captioner.max_new_tokens=4", "--no-progress",
         *extra,
     ]
 
@@ -263,8 +264,7 @@ def test_caption_text_stand_in_from_stored_frames(world: World, reference: Run, 
     cache_dir = tmp_path / "cache"
     shutil.copytree(reference.cache, cache_dir)
     args = [a for a in build_args(world, cache_dir) if a not in ("--videos", str(world.videos))]
-    # `frame_filter` is the builder's old name of the stage frame_scores: still accepted
-    rc, out, err = run_main([*args, "--stages", "frame_filter,captions_aware", "--frame-filter", "caption-text"])
+    rc, out, err = run_main([*args, "--stages", "frame_scores,captions_aware", "--frame-filter", "caption-text"])
     assert rc == 0, err
     assert "STAND-IN" in out and "no agnostic captions" in out + err
     ds = load_dataset("qvhighlights:val", world.data_root)
@@ -283,7 +283,7 @@ def test_caption_text_stand_in_from_stored_frames(world: World, reference: Run, 
 
 def test_cli_errors_name_the_problem(world: World, tmp_path: Path) -> None:
     rc, _, err = run_main(build_args(world, tmp_path / "c", "--captioner", "nope", "--stages", "captions_agnostic"))
-    assert rc == 2 and "valid: blip2" in err and "qwen2.5-vl" in err
+    assert rc == 2 and "valid names: blip2" in err and "qwen2.5-vl" in err
     rc, _, err = run_main(build_args(world, tmp_path / "c", "--frame-filter", "nope"))
     assert rc == 2 and "valid names: caption-text, clip-vit-b32" in err
     rc, _, err = run_main(build_args(world, tmp_path / "c", "--pairs", "1,9", "--stages", "variants"))
@@ -373,8 +373,8 @@ def test_two_shards_built_apart_merge_into_one_build(world: World, reference: Ru
 
 
 # -- one model at a time, and batches that do not depend on the shard -------------------------
-STAGE_OWNER = {"variants": "rewrite", "frame_scores": "frame_filter", "captions_agnostic": "captions",
-               "captions_aware": "captions"}
+STAGE_OWNER = {"variants": "rewriter", "frame_scores": "frame_filter", "captions_agnostic": "captioner",
+               "captions_aware": "captioner"}
 
 
 def test_each_stage_meter_starts_with_no_other_model(reference: Run) -> None:
@@ -394,7 +394,7 @@ def test_each_stage_meter_starts_with_no_other_model(reference: Run) -> None:
     # the captioner loads once for both caption stages: aware captions load nothing
     assert list(by_stage["captions_agnostic"]["model_bytes"]) == ["qwen2.5-vl"]
     assert by_stage["captions_aware"]["model_bytes"] == {}
-    assert set(by_stage["captions_aware"]["resident_at_start"]) == {"captions"}
+    assert set(by_stage["captions_aware"]["resident_at_start"]) == {"captioner"}
 
 
 def test_a_finished_build_holds_no_model(world: World, reference: Run, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from harness.cache.embedders import (
-    EMBEDDERS,
     MINILM_ID,
     SentenceTransformerEmbedder,
     build_embedder,
@@ -32,6 +31,7 @@ from harness.cache.producers import (
 from harness.cache.store import Cache
 from harness.cli import main
 from harness.core.query import Dataset, Query
+from harness.core.registries import EMBEDDERS
 from harness.core.registry import RegistryError
 from harness.data import load_dataset
 

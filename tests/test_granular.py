@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.builder.backends import REWRITERS
 from harness.builder.backends.granular import (
     RULES_VERSION,
     SpacyGranularRewriter,
@@ -24,6 +23,7 @@ from harness.builder.backends.granular import (
 )
 from harness.cache.producers import paraphrase_producer, query_text_item, rewrite_producer
 from harness.cache.store import Cache
+from harness.core.registries import REWRITERS
 from harness.report.plots import capitalised_word, query_type
 
 HAND_WORKED = [

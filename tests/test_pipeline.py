@@ -13,10 +13,10 @@ import pytest
 from harness.cache.store import Cache
 from harness.cli import main
 from harness.config import ExperimentConfig, load_config
+from harness.core.registries import PAIRINGS
 from harness.core.results import MissingInputs
 from harness.data import load_dataset
 from harness.eval import brief
-from harness.method.scoring import PAIRINGS
 from harness.runner.trial import InputPool, run_config, trial
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,9 @@ from harness.cli import main
 from harness.config import ExperimentConfig, load_config
 from harness.core import results
 from harness.core.errors import ConfigError
+from harness.core.registries import DATASETS
 from harness.core.registry import REGISTRIES
-from harness.data import DATASETS, dataset_spec, load_dataset
+from harness.data import dataset_spec, load_dataset
 from harness.eval import evaluate, protocol_of
 from harness.report.tables import TableError, load_table
 

@@ -1,8 +1,7 @@
 """`granalign cache build`: run the models on a GPU machine and fill the cache.
 
 One command produces every cached output the tables read, stage by stage (stage names as
-in `harness.core.stages`; `rewrite` and `frame_filter` are accepted for the second and
-third):
+in `harness.core.stages`):
 
 | stage (`--stages`) | item | backend registry |
 |---|---|---|
@@ -51,14 +50,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from harness.builder.backends import (
-    CAPTIONERS,
-    DECODERS,
-    FRAME_FILTERS,
-    REWRITERS,
-    VideoError,
-    candidate_frames,
-)
+from harness.builder.backends import VideoError, candidate_frames
 from harness.builder.backends.base import resolve_device
 from harness.builder.backends.frames import FrameSource, FrameStore
 from harness.builder.batching import (
@@ -69,6 +61,7 @@ from harness.builder.batching import (
     shard_of,
 )
 from harness.builder.metering import FRAME_TIMINGS, StageMeter
+from harness.cache.backbones import DEFAULT_BACKBONE
 from harness.cache.embedders import build_embedder, embed_dataset
 from harness.cache.producers import (
     DEFAULT_FRAME_FILTER,
@@ -80,27 +73,33 @@ from harness.cache.producers import (
     video_item,
     video_query_item,
 )
-from harness.cache.producers import captioners as caption_presets
 from harness.cache.store import Cache, Producer
 from harness.core.constants import FPS, K_MAX, M_MAX
 from harness.core.query import Dataset, Query, n_clips
+from harness.core.registries import (
+    CAPTION_BACKBONES,
+    CAPTIONERS,
+    DECODERS,
+    FRAME_FILTERS,
+    REWRITERS,
+)
 from harness.core.stages import BUILD_ORDER, CAPTIONS_FIRST_ORDER, stage_name
 from harness.data.spec import load_dataset
 
 STAGES = BUILD_ORDER  # what `--stages` takes, in the order they run
 # the backend (key of `CacheBuilder._backends`) each stage runs
-STAGE_BACKEND = {"variants": "rewrite", "frame_scores": "frame_filter",
-                 "captions_agnostic": "captions", "captions_aware": "captions"}
-OPTION_GROUPS = ("frames", "rewrite", "frame_filter", "captions")
+# the backend each stage runs (keys of `CacheBuilder._backends`, and `--opt` groups)
+STAGE_BACKEND = {"variants": "rewriter", "frame_scores": "frame_filter",
+                 "captions_agnostic": "captioner", "captions_aware": "captioner"}
+OPTION_GROUPS = ("decoder", "rewriter", "frame_filter", "captioner")
 CRASH_ENV = "GRANALIGN_BUILD_CRASH_AFTER"
-DEFAULT_CAPTIONER = "qwen2.5-vl"
 
 
 @dataclass
 class BuildConfig:
     """Everything `granalign cache build` takes; `options` holds per-backend keyword args.
 
-    `options` groups: `frames` (decoder), `rewrite`, `frame_filter`, `captions`.
+    `options` groups: the backends, `decoder`, `rewriter`, `frame_filter`, `captioner`.
     """
 
     dataset: str
@@ -114,7 +113,7 @@ class BuildConfig:
     frame_filter: str = DEFAULT_FRAME_FILTER
     frame_filter_model: str | None = None
     frame_filter_model_key: str | None = None
-    captioner: str = DEFAULT_CAPTIONER
+    captioner: str = DEFAULT_BACKBONE
     caption_model: str | None = None
     caption_model_key: str | None = None
     decoder: str = "decord"
@@ -278,9 +277,8 @@ class CacheBuilder:
             FRAME_FILTERS.get(self.cfg.frame_filter)
         uses_captions = bool(st & {"captions_agnostic", "captions_aware"}) or (
             "frame_scores" in st and self.cfg.frame_filter == "caption-text")
-        if uses_captions and self.cfg.captioner not in caption_presets():
-            raise ValueError(f"unknown caption backbone {self.cfg.captioner!r}; valid: "
-                             f"{', '.join(sorted(caption_presets()))}")
+        if uses_captions:
+            CAPTION_BACKBONES.get(self.cfg.captioner)
         if st & {"captions_agnostic", "captions_aware"}:
             CAPTIONERS.get(self.cfg.captioner)
         if st & {"frames", "frame_scores", "captions_agnostic", "captions_aware"}:
@@ -304,11 +302,11 @@ class CacheBuilder:
 
     @property
     def rewriter(self) -> Any:
-        if "rewrite" not in self._backends:
+        if "rewriter" not in self._backends:
             spec = {"type": self.cfg.rewriter, "model": self.cfg.rewriter_model,
-                    "revision": self.cfg.rewriter_revision, **self._common(), **self._opts("rewrite")}
-            self._backends["rewrite"] = REWRITERS.build(spec)
-        return self._backends["rewrite"]
+                    "revision": self.cfg.rewriter_revision, **self._common(), **self._opts("rewriter")}
+            self._backends["rewriter"] = REWRITERS.build(spec)
+        return self._backends["rewriter"]
 
     @property
     def frame_filter(self) -> Any:
@@ -326,16 +324,16 @@ class CacheBuilder:
 
     @property
     def captioner(self) -> Any:
-        if "captions" not in self._backends:
+        if "captioner" not in self._backends:
             spec = {"type": self.cfg.captioner, "model": self.cfg.caption_model,
-                    **self._common(), **self._opts("captions")}
-            self._backends["captions"] = CAPTIONERS.build(spec)
-        return self._backends["captions"]
+                    **self._common(), **self._opts("captioner")}
+            self._backends["captioner"] = CAPTIONERS.build(spec)
+        return self._backends["captioner"]
 
     @property
     def source(self) -> Any:
         if self._source is None:
-            opts = {"fps": FPS, "max_side": self.cfg.max_side, **self._opts("frames")}
+            opts = {"fps": FPS, "max_side": self.cfg.max_side, **self._opts("decoder")}
             decoder = DECODERS.build({"type": self.cfg.decoder, **opts})
             fallback = None
             if self.cfg.fallback_decoder and self.cfg.fallback_decoder != self.cfg.decoder:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from harness.cache import demo
-from harness.cache.store import SYNTHETIC_CACHES, Cache, Producer, default_cache_dir
+from harness.cache.store import Cache, Producer, default_cache_dir
+from harness.core.registries import SYNTHETIC_CACHES
 from harness.data.spec import dataset_spec
 
 

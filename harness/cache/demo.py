@@ -23,8 +23,9 @@ from harness.cache.producers import (
     video_item,
     video_query_item,
 )
-from harness.cache.store import SYNTHETIC_CACHES, Cache
+from harness.cache.store import Cache
 from harness.core.constants import K_MAX
+from harness.core.registries import SYNTHETIC_CACHES
 from harness.data.demo import (
     DEMO_DATASET,
     SEED,

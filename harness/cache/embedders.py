@@ -24,7 +24,7 @@ from harness.cache.model_assets import mpnet_folder
 from harness.cache.producers import query_item, video_item, video_query_item
 from harness.cache.store import Cache, Producer
 from harness.core.query import Dataset
-from harness.core.registry import Registry
+from harness.core.registries import EMBEDDERS
 
 DEFAULT_EMBEDDER = "minilm"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -42,7 +42,6 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-EMBEDDERS: Registry[Any] = Registry("embedder", doc="sentence embedders (cosine = dot product)")
 
 
 def _default_minilm_path() -> Path:

@@ -20,9 +20,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from harness.cache.backbones import importable_backbones
 from harness.cache.producers import (
     caption_producer,
-    captioners,
     paraphrase_producer,
     query_item,
     video_item,
@@ -383,12 +383,10 @@ IMPORT_TARGETS = ("captions:<backbone>", "paraphrases")
 
 def check_importable(backbone: str) -> None:
     """A caption backbone with a public release (e.g. minigptv2), or a ValueError listing them."""
-    preset = captioners().get(backbone)
-    if preset is None or not preset.get("imported"):
-        valid = sorted(k for k, v in captioners().items() if v.get("imported"))
+    if backbone not in importable_backbones():
         raise ValueError(
             f"caption backbone {backbone!r} has no public release to import; importable: "
-            f"{', '.join(valid)} (marked 'imported: true' in harness/prompts/captioners.yaml)"
+            f"{', '.join(importable_backbones())} (`imported = True` in harness/cache/backbones.py)"
         )
 
 

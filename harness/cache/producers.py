@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from harness.cache.backbones import backbone
 from harness.cache.store import Producer
 from harness.core.constants import FPS, K_MAX, M_MAX
 from harness.core.query import Query
@@ -37,10 +38,6 @@ def _yaml(name: str) -> dict[str, Any]:
 def instruction_pairs() -> dict[int, dict[str, str]]:
     """pair number (1..5) -> {'simplified': template, 'detailed': template}."""
     return {int(k): v for k, v in _yaml("rewrite_instructions.yaml")["pairs"].items()}
-
-
-def captioners() -> dict[str, dict[str, Any]]:
-    return _yaml("captioners.yaml")
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -96,7 +93,7 @@ def frame_filter_producer(name: str = DEFAULT_FRAME_FILTER, model: str | None = 
 
 
 def caption_producer(
-    backbone: str,
+    name_of_backbone: str,
     mode: str,
     model: str | None = None,
     frame_filter: Producer | None = None,
@@ -107,24 +104,17 @@ def caption_producer(
     Aware captions exist for the top `k_max`% frames of a frame filter's ranking, so the
     filter's identity is part of their key.
     """
-    presets = captioners()
-    if backbone not in presets:
-        raise ValueError(f"unknown caption backbone {backbone!r}; valid: {', '.join(sorted(presets))}")
-    preset = presets[backbone]
-    model = model or preset["model"]
+    bb = backbone(name_of_backbone)
+    model = model or bb.model
     if mode == "agnostic":
-        return Producer(
-            "captions_agnostic", preset["backend"], model, prompt=preset["agnostic_prompt"],
-            params={"fps": FPS},
-        )
+        return Producer("captions_agnostic", name_of_backbone, model, prompt=bb.agnostic_prompt,
+                        params={"fps": FPS})
     if mode == "aware":
-        if "aware_prompt" not in preset:
-            raise ValueError(f"caption backbone {backbone!r} has no query-aware mode")
+        if bb.aware_prompt is None:
+            raise ValueError(f"caption backbone {name_of_backbone!r} has no query-aware mode")
         ff = frame_filter or frame_filter_producer()
         params = {"fps": FPS, "k_max": k_max, "frame_filter": ff.digest}
-        if "entities" in preset:  # the extractor that fills the prompt is part of the key
-            params["entities"] = preset["entities"]
-        return Producer(
-            "captions_aware", preset["backend"], model, prompt=preset["aware_prompt"], params=params,
-        )
+        if bb.entities:  # the extractor that fills the prompt is part of the key
+            params["entities"] = bb.entities
+        return Producer("captions_aware", name_of_backbone, model, prompt=bb.aware_prompt, params=params)
     raise ValueError(f"caption mode must be 'agnostic' or 'aware', got {mode!r}")

@@ -29,7 +29,6 @@ import numpy as np
 from harness.core.errors import HarnessError
 from harness.core.faults import fault_point
 from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
-from harness.core.registry import Registry
 from harness.core.stages import CACHE_STAGES, STAGES, stage_order
 from harness.core.stores import check_sqlite_file
 
@@ -129,8 +128,6 @@ CREATE TABLE IF NOT EXISTS timings (
 
 
 # a synthetic dataset's own cache, filled on first use: family -> (folder or None) -> Cache
-SYNTHETIC_CACHES: Registry[Any] = Registry(
-    "synthetic cache", doc="own caches of synthetic datasets, filled on first use")
 
 
 _EMBEDDING_COLUMNS = {"digest": "TEXT NOT NULL DEFAULT ''", "size": "INTEGER NOT NULL DEFAULT -1",

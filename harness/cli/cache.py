@@ -12,13 +12,13 @@ from typing import Any
 
 from harness.builder.batching import SHARD_BUCKETS
 from harness.builder.builder import (
-    DEFAULT_CAPTIONER,
     OPTION_GROUPS,
     STAGES,
     BuildConfig,
     build_cache,
 )
 from harness.builder.metering import efficiency_rows, format_efficiency
+from harness.cache.backbones import DEFAULT_BACKBONE
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
 from harness.cache.importers import import_source, run_import
 from harness.cache.merge import merge_caches
@@ -217,7 +217,7 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--frame-filter-model", default=None,
                    help="for clip-vit-b32: [open_clip:]ARCH[/PRETRAINED] (default ViT-B-32/openai)")
     p.add_argument("--frame-filter-model-key", default=None, help="model id written in the cache keys")
-    p.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="caption backbone: qwen2.5-vl | blip2")
+    p.add_argument("--captioner", default=DEFAULT_BACKBONE, help="caption backbone: qwen2.5-vl | blip2")
     p.add_argument("--caption-model", default=None, help="hub id or local folder (default: the preset's)")
     p.add_argument("--caption-model-key", default=None, help="model id written in the cache keys")
     p.add_argument("--k-max", type=positive_int, default=K_MAX, help="percent of frames given aware captions")
@@ -235,7 +235,7 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
                    help=f"i/N: this machine's share (N <= {SHARD_BUCKETS})")
     p.add_argument("--limit", type=positive_int, default=None, help="first N queries of the dataset only")
     p.add_argument("--opt", action="append", default=[], metavar="GROUP.KEY=VALUE",
-                   help=f"backend option (groups: {', '.join(OPTION_GROUPS)}), e.g. rewrite.max_new_tokens=256")
+                   help=f"backend option (groups: {', '.join(OPTION_GROUPS)}), e.g. rewriter.max_new_tokens=256")
     p.add_argument("--bench", action="store_true", help="print time per query and peak memory after")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_build)

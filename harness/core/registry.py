@@ -8,6 +8,7 @@ names so that a typo in a config is a one-line fix.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -32,14 +33,22 @@ class Registry(Generic[T]):
     `doc` says in one line what the registry's components are (`granalign ls` shows it).
     """
 
-    def __init__(self, kind: str, base: type | None = None, doc: str = "") -> None:
+    def __init__(self, kind: str, base: type | str | None = None, doc: str = "") -> None:
         if kind in REGISTRIES:
             raise RegistryError(f"a registry of {kind!r} exists already")
         self.kind = kind
-        self.base = base
+        self._base = base  # a class, or "module:Class" resolved on first use
         self.doc = doc
         self._items: dict[str, T] = {}
         REGISTRIES[kind] = self
+
+    @property
+    def base(self) -> type | None:
+        """The class every member must subclass (None: any object)."""
+        if isinstance(self._base, str):
+            module, _, name = self._base.partition(":")
+            self._base = getattr(importlib.import_module(module), name)
+        return self._base
 
     def register(self, *names: str, force: bool = False) -> Callable[[T], T]:
         """Decorator: add the decorated object under one or more names."""
@@ -80,6 +89,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def in_order(self) -> list[str]:
+        """The names in the order they were registered."""
+        return list(self._items)
 
     def describe(self, name: str) -> str:
         """One line on what `name` is: its docstring's first line, else its value."""

@@ -2,8 +2,7 @@
 
 A stage has one name everywhere: the cache keys entries by it, `granalign cache build
 --stages` takes it, timing records carry it. `frames` is the only stage whose output is
-files (the frame store) rather than cache entries. The builder also accepts its old names
-for two stages (`rewrite`, `frame_filter`), mapped here and nowhere else.
+files (the frame store) rather than cache entries.
 """
 
 from __future__ import annotations
@@ -36,16 +35,13 @@ ONLINE_STAGES: tuple[str, ...] = tuple(s.name for s in _STAGES if s.online)
 BUILD_ORDER = tuple(STAGES)
 CAPTIONS_FIRST_ORDER = ("frames", "variants", "captions_agnostic", "frame_scores", "captions_aware",
                         "embeddings")
-BUILD_ALIASES = {"rewrite": "variants", "frame_filter": "frame_scores"}
 
 
 def stage_name(name: str) -> str:
-    """The canonical name of a stage (an alias resolved); unknown names list the valid ones."""
-    canonical = BUILD_ALIASES.get(name, name)
-    if canonical not in STAGES:
-        valid = ", ".join([*STAGES, *(f"{a} (= {c})" for a, c in BUILD_ALIASES.items())])
-        raise ValueError(f"unknown stage {name!r}; valid: {valid}")
-    return canonical
+    """`name` if it is a stage; unknown names list the valid ones."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; valid: {', '.join(STAGES)}")
+    return name
 
 
 def stage_order(name: str) -> int:

@@ -9,9 +9,9 @@ source)` decorated with `@register_dataset(family, splits, protocol)`. Nothing e
 import importlib
 import pkgutil
 
+from harness.core.registries import DATASETS
 from harness.data.spec import (
     DATA_ENV,
-    DATASETS,
     DatasetSpec,
     data_root,
     dataset_spec,

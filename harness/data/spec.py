@@ -18,7 +18,7 @@ from pathlib import Path
 from harness.core.errors import DataError
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.query import Dataset, Query
-from harness.core.registry import Registry
+from harness.core.registries import DATASETS
 
 DATA_ENV = "GRANALIGN_DATA"
 
@@ -63,7 +63,6 @@ class DatasetSpec:
         return str(self)
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset", doc="benchmark splits (family:split)")
 
 
 def register_dataset(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.query import Query
-from harness.core.registry import Registry
+from harness.core.registries import PROTOCOLS
 from harness.data.spec import dataset_spec
 
 Evaluator = Callable[..., dict[str, Any]]
@@ -38,7 +38,6 @@ class Protocol:
         return f"{(self.evaluate.__doc__ or '').strip().splitlines()[0]} Keys: {', '.join(self.metric_keys)}"
 
 
-PROTOCOLS: Registry[Protocol] = Registry("protocol", doc="evaluators and the metric keys they report")
 
 
 def protocol_of(dataset: str) -> Protocol:

@@ -45,8 +45,9 @@ import numpy as np
 from harness.core.constants import CLIP_SECONDS
 from harness.core.errors import DataError
 from harness.core.query import Query
+from harness.core.registries import PROTOCOLS
 from harness.eval.predictions import align
-from harness.eval.protocols import PROTOCOLS, PerQuery, Protocol
+from harness.eval.protocols import PerQuery, Protocol
 from harness.eval.windows import Windows, cross_iou, paired_iou, pct, recall_at_one
 
 IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)

@@ -11,8 +11,9 @@ import numpy as np
 
 from harness.core.errors import DataError
 from harness.core.query import Query
+from harness.core.registries import PROTOCOLS
 from harness.eval.predictions import align
-from harness.eval.protocols import PROTOCOLS, PerQuery, Protocol
+from harness.eval.protocols import PerQuery, Protocol
 from harness.eval.windows import Windows, first_window_iou, pct
 
 TOP1_THRESHOLDS = (0.3, 0.5, 0.7)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.core.registry import Registry
+from harness.core.registries import PRUNERS, SPAN_SCORERS
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,6 @@ def _percentiles(batch: CurveBatch, n: float) -> np.ndarray:
 
 # -- merging and pruning (steps 2 and 3) --------------------------------------------------------
 SpanTriple = tuple[np.ndarray, np.ndarray, np.ndarray]  # (curve, first, last) per span
-PRUNERS: Registry = Registry(
-    "pruning rule", doc="steps 2-3 of the MPG: selected frames -> merged, pruned spans")
 
 
 Curves = np.ndarray | CurveBatch  # the MPG's functions take raw arrays or a batch with its memo
@@ -289,7 +287,6 @@ def merge_with_pruning(curves: Curves, selected: np.ndarray, gap: int, n: float)
 
 
 # -- span scores (Eq. 2) --------------------------------------------------------------------
-SPAN_SCORERS: Registry = Registry("span scorer", doc="span score, Eq. 2")
 
 
 @SPAN_SCORERS.register("granalign")

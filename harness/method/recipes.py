@@ -16,10 +16,9 @@ import numpy as np
 
 from harness.core.constants import CLIP_SECONDS
 from harness.core.query import Query
-from harness.core.registry import Registry
+from harness.core.registries import NORMALISATIONS, RECIPES
 from harness.method.proposals import CurveBatch, MPGParams, batched_nms, moment_proposals
 from harness.method.scoring import (
-    NORMALISATIONS,
     Pair,
     candidate_mask,
     frame_scores,
@@ -100,7 +99,6 @@ class Recipe:
         )
 
 
-RECIPES: Registry[type[Recipe]] = Registry("recipe", Recipe, doc="score curves -> ranked windows")
 RECIPES.register("granalign")(Recipe)
 
 

@@ -13,19 +13,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from harness.core.registry import Registry
+from harness.core.registries import NORMALISATIONS, PAIRINGS
+from harness.method.kinds import Pair, caption_kind_names, query_kind_names
 
-Pair = tuple[str, str]
-
-QUERY_KINDS = ("q", "qs", "qd", "qp")
-CAPTION_KINDS = ("Ca", "Cq")
 # what a frame without an aware caption scores for a Cq pair: its agnostic caption, or 0
 CQ_FALLBACKS = ("ca", "zero")
 
-# -- pairings ------------------------------------------------------------------------------
-PAIRINGS: Registry[tuple[Pair, ...]] = Registry(
-    "pairing", doc="(query kind, caption kind) pairs averaged in Eq. 1")
 
+# -- pairings ------------------------------------------------------------------------------
 
 def register_pairing(name: str, pairs: Sequence[Pair]) -> None:
     pairs = tuple((str(x), str(c)) for x, c in pairs)
@@ -36,16 +31,17 @@ def register_pairing(name: str, pairs: Sequence[Pair]) -> None:
 def check_pairs(pairs: Sequence[Pair], where: str = "pairing") -> None:
     if not pairs:
         raise ValueError(f"{where}: a pairing needs at least one (query kind, caption kind) pair")
+    queries, captions = query_kind_names(), caption_kind_names()
     for x, c in pairs:
-        if x not in QUERY_KINDS or c not in CAPTION_KINDS:
+        if x not in queries or c not in captions:
             raise ValueError(
                 f"{where}: pair ({x!r}, {c!r}) is not (query kind, caption kind); query kinds: "
-                f"{', '.join(QUERY_KINDS)}; caption kinds: {', '.join(CAPTION_KINDS)}"
+                f"{', '.join(queries)}; caption kinds: {', '.join(captions)}"
             )
 
 
-for _x in ("q", "qs", "qd", "qp"):
-    for _c in CAPTION_KINDS:
+for _x in query_kind_names():
+    for _c in caption_kind_names():
         register_pairing(f"{_x}-{_c}", [(_x, _c)])
 for _a in ("Ca", "Cq"):
     for _b in ("Ca", "Cq"):
@@ -71,8 +67,6 @@ def resolve_pairing(pairing: str | Sequence[Sequence[str]]) -> tuple[Pair, ...]:
 
 # -- normalisations -----------------------------------------------------------------------
 Normalisation = Callable[[np.ndarray], np.ndarray]
-NORMALISATIONS: Registry[Normalisation] = Registry(
-    "normalisation", doc="cosine -> [0, 1] score per frame (g in Eq. 1)")
 
 
 @NORMALISATIONS.register("minmax")

@@ -1,7 +1,7 @@
-"""Reading a run's inputs out of the cache: query kinds, caption kinds, similarities.
+"""Reading a run's inputs out of the cache: similarities of query and caption kinds.
 
 A query kind (`q`, `qs`, `qd`, `qp`) knows which cached entry holds its texts; a caption
-kind (`Ca`, `Cq`) likewise. `prepare()` reads everything a set of pairs needs, once, and
+kind (`Ca`, `Cq`) likewise (`harness.method.kinds`). `prepare()` reads everything a set of pairs needs, once, and
 turns it into raw cosine similarity tensors; trials then only do arithmetic. Whatever the
 cache lacks is collected first and reported in one `MissingInputs` error that names the
 stage, the backend and how many items are missing, before anything is computed.
@@ -15,149 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from harness.cache.producers import (
-    caption_producer,
-    frame_filter_producer,
-    paraphrase_producer,
-    query_item,
-    rewrite_producer,
-    video_item,
-    video_query_item,
-)
+from harness.cache.producers import query_item
 from harness.cache.store import Cache, Entry, Producer
 from harness.core.query import Dataset, Query
-from harness.core.registry import Registry
+from harness.core.registries import CAPTION_KINDS, QUERY_KINDS
 from harness.core.results import Missing, MissingInputs
-from harness.method.scoring import Pair
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """Which cached outputs a run reads: everything but the method's own parameters."""
-
-    dataset: str
-    captions: str
-    caption_model: str | None
-    frame_filter: str
-    frame_filter_model: str | None
-    rewriter: str
-    rewriter_model: str
-    instruction_pair: int
-    embedder_model: str
-
-    @classmethod
-    def from_config(cls, cfg: Any, embedder_model: str, rewriter_model: str) -> SourceSpec:
-        return cls(
-            cfg.dataset, cfg.captions, cfg.caption_model, cfg.frame_filter,
-            cfg.frame_filter_model, cfg.rewriter, rewriter_model, cfg.instruction_pair,
-            embedder_model,
-        )
-
-    def frame_filter_producer(self) -> Producer:
-        return frame_filter_producer(self.frame_filter, self.frame_filter_model)
-
-
-# -- query kinds ----------------------------------------------------------------------------
-class QueryKind:
-    """Where a query kind's texts live in the cache. `producer` None: no cached stage."""
-
-    name = ""
-
-    def producer(self, spec: SourceSpec) -> Producer | None:
-        return None
-
-    def texts(self, q: Query, entry: Entry | None) -> list[str]:
-        raise NotImplementedError
-
-
-QUERY_KIND_REGISTRY: Registry[type[QueryKind]] = Registry(
-    "query kind", QueryKind, doc="where a query kind's texts live in the cache")
-
-
-@QUERY_KIND_REGISTRY.register("q")
-class OriginalQuery(QueryKind):
-    """The query as written (one variant)."""
-
-    name = "q"
-
-    def texts(self, q: Query, entry: Entry | None) -> list[str]:
-        return [q.query]
-
-
-class _RewriteKind(QueryKind):
-    def producer(self, spec: SourceSpec) -> Producer:
-        return rewrite_producer(spec.rewriter, spec.rewriter_model, spec.instruction_pair)
-
-    def texts(self, q: Query, entry: Entry | None) -> list[str]:
-        assert entry is not None
-        return list(entry.value[self.name])
-
-
-@QUERY_KIND_REGISTRY.register("qs")
-class SimplifiedQuery(_RewriteKind):
-    """Simplified rewrites: core entities and actions only (m variants)."""
-
-    name = "qs"
-
-
-@QUERY_KIND_REGISTRY.register("qd")
-class DetailedQuery(_RewriteKind):
-    """Detailed rewrites: every detail kept or added (m variants)."""
-
-    name = "qd"
-
-
-@QUERY_KIND_REGISTRY.register("qp")
-class Paraphrase(QueryKind):
-    """Same-granularity paraphrases (VTG-GPT's Baichuan2 release, m variants)."""
-
-    name = "qp"
-
-    def producer(self, spec: SourceSpec) -> Producer:
-        return paraphrase_producer()
-
-    def texts(self, q: Query, entry: Entry | None) -> list[str]:
-        assert entry is not None
-        return list(entry.value["qp"])
-
-
-# -- caption kinds ---------------------------------------------------------------------------
-class CaptionKind:
-    name = ""
-    per_query = False  # True: one entry per query (aware); False: one per video
-
-    def producer(self, spec: SourceSpec) -> Producer:
-        raise NotImplementedError
-
-    def item(self, family: str, q: Query) -> dict[str, Any]:
-        return video_query_item(family, q) if self.per_query else video_item(family, q.vid)
-
-
-CAPTION_KIND_REGISTRY: Registry[type[CaptionKind]] = Registry(
-    "caption kind", CaptionKind, doc="where a caption kind's texts live in the cache")
-
-
-@CAPTION_KIND_REGISTRY.register("Ca")
-class AgnosticCaptions(CaptionKind):
-    """Query-agnostic captions, one per frame of the video."""
-
-    name = "Ca"
-
-    def producer(self, spec: SourceSpec) -> Producer:
-        return caption_producer(spec.captions, "agnostic", spec.caption_model)
-
-
-@CAPTION_KIND_REGISTRY.register("Cq")
-class AwareCaptions(CaptionKind):
-    """Query-aware captions of the query's candidate frames (top K% by the frame filter)."""
-
-    name = "Cq"
-    per_query = True
-
-    def producer(self, spec: SourceSpec) -> Producer:
-        return caption_producer(
-            spec.captions, "aware", spec.caption_model, frame_filter=spec.frame_filter_producer()
-        )
+from harness.method.kinds import Pair, SourceSpec
 
 
 # -- prepared inputs ---------------------------------------------------------------------------
@@ -226,8 +89,8 @@ def prepare(
     need = _required_pairs(pairs, cq_fallback)
     queries = dataset.queries
     cache.reset_reads()  # the fingerprint covers exactly what this preparation read
-    qkinds = {x: QUERY_KIND_REGISTRY.get(x)() for x in sorted({x for x, _ in need})}
-    ckinds = {c: CAPTION_KIND_REGISTRY.get(c)() for c in sorted({c for _, c in need})}
+    qkinds = {x: QUERY_KINDS.get(x)() for x in sorted({x for x, _ in need})}
+    ckinds = {c: CAPTION_KINDS.get(c)() for c in sorted({c for _, c in need})}
     missing: list[Missing] = []
     name = dataset.label
 

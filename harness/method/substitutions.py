@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from harness.core.errors import ConfigError
-from harness.method.scoring import CAPTION_KINDS, QUERY_KINDS, Pair
+from harness.method.kinds import Pair, caption_kind_names, query_kind_names
 
 # why a stand-in is needed offline, shown in table titles
 REASONS = {
@@ -37,11 +37,11 @@ class Substitution:
     def parse(cls, text: str) -> Substitution:
         source, sep, target = text.partition("=")
         source, target = source.strip(), target.strip()
-        kinds = (QUERY_KINDS, CAPTION_KINDS)
+        kinds = (query_kind_names(), caption_kind_names())
         if not sep or not any(source in k and target in k for k in kinds) or source == target:
             raise ConfigError(
                 f"substitution {text!r} should be KIND=KIND, two different query kinds "
-                f"({', '.join(QUERY_KINDS)}) or caption kinds ({', '.join(CAPTION_KINDS)}), e.g. Cq=Ca")
+                f"({', '.join(kinds[0])}) or caption kinds ({', '.join(kinds[1])}), e.g. Cq=Ca")
         return cls(source, target)
 
     @property

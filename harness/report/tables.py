@@ -29,9 +29,9 @@ from typing import Any
 
 from harness.config import ExperimentConfig, from_dict, load_config
 from harness.core.errors import ConfigError
+from harness.core.registries import DATASETS
 from harness.core.results import Failed, Missing, Outcome, SameAs
 from harness.core.yaml_io import load_yaml
-from harness.data.spec import DATASETS
 from harness.eval.protocols import protocol_of
 
 __all__ = [

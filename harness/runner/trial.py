@@ -21,7 +21,6 @@ from typing import Any
 
 import yaml
 
-from harness.builder.backends import REWRITERS
 from harness.cache.embedders import embedder_model_id
 from harness.cache.store import Cache
 from harness.config import ExperimentConfig
@@ -29,6 +28,7 @@ from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_text, folder_mode, json_safe, replace_folder
 from harness.core.provenance import git_commit, package_versions
 from harness.core.query import Dataset
+from harness.core.registries import REWRITERS
 from harness.core.results import Missing, MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
 from harness.eval.protocols import PerQuery, protocol_of

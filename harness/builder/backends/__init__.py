@@ -16,10 +16,6 @@ from __future__ import annotations
 
 from harness.builder.backends import captioners, frame_filter, frames, granular, rewrite
 from harness.builder.backends.base import (
-    CAPTIONERS,
-    DECODERS,
-    FRAME_FILTERS,
-    REWRITERS,
     Captioner,
     FrameDecoder,
     FrameFilter,
@@ -29,6 +25,7 @@ from harness.builder.backends.base import (
     candidate_frames,
     frame_times,
 )
+from harness.core.registries import CAPTIONERS, DECODERS, FRAME_FILTERS, REWRITERS
 
 __all__ = [
     "CAPTIONERS", "DECODERS", "FRAME_FILTERS", "REWRITERS", "Captioner", "FrameDecoder",

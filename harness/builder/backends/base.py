@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from harness.core.constants import FPS, K_MAX
-from harness.core.registry import Registry
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -296,7 +295,3 @@ class Captioner(ModelBackend, ABC):
         """A caption for each frame in `indices` (in that order), guided by the query."""
 
 
-DECODERS: Registry[type[FrameDecoder]] = Registry("frame decoder", base=FrameDecoder, doc="video file -> frames at 0.5 fps")
-REWRITERS: Registry[type[Rewriter]] = Registry("rewriter", base=Rewriter, doc="query -> simplified and detailed rewrites (variants stage)")
-FRAME_FILTERS: Registry[type[FrameFilter]] = Registry("frame filter", base=FrameFilter, doc="frame-query similarity that picks candidate frames")
-CAPTIONERS: Registry[type[Captioner]] = Registry("captioner", base=Captioner, doc="frame captioners, query-agnostic and query-aware")

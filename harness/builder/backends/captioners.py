@@ -3,11 +3,11 @@
 - query-agnostic: every frame of a video, with the backbone's `agnostic_prompt`;
 - query-aware: the candidate frames of one query (the top K_MAX% by the frame filter,
   `candidate_frames`), with the `aware_prompt` filled with the query's key entities and
-  actions by the preset's extractor (`entities: spacy` in captioners.yaml: spaCy's parse;
-  `rules`: the word-list extractor of `entities.py`).
+  actions by the backbone's extractor (`entities = "spacy"`: spaCy's parse; `"rules"`: the
+  word-list extractor of `entities.py`).
 
-Prompts are data (`harness/prompts/captioners.yaml`) and their template text is part of the
-cache key. Generation is greedy. Batches never cross a video: a video's frames (agnostic)
+A captioner runs the caption backbone it names (`harness.cache.backbones`: the model id
+and prompts are declared there, once; their text is part of the cache key). Generation is greedy. Batches never cross a video: a video's frames (agnostic)
 or its queries' candidate frames (aware, all queries of the video together, sorted by
 prompt so that equal prompts share a batch) are cut into batches of `batch_size` by
 `plan_batches`, so which frames share a batch depends on the video alone, never on the
@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from harness.builder.backends.base import (
-    CAPTIONERS,
     Captioner,
     Frames,
     default_batch_size,
@@ -33,10 +32,10 @@ from harness.builder.backends.base import (
     resolve_device,
     resolve_dtype,
 )
-from harness.builder.backends.entities import KEY_ELEMENT_EXTRACTORS
 from harness.builder.backends.granular import spacy_key_elements  # noqa: F401 (registers "spacy")
 from harness.builder.batching import plan_batches
-from harness.cache.producers import captioners as caption_presets
+from harness.cache.backbones import backbone as backbone_class
+from harness.core.registries import CAPTIONERS, KEY_ELEMENT_EXTRACTORS
 
 
 class HFCaptioner(Captioner):
@@ -57,11 +56,11 @@ class HFCaptioner(Captioner):
         revision: str = "",
         **_: Any,
     ) -> None:
-        preset = caption_presets()[self.backbone]
-        self.model_id = model or preset["model"]
-        self.agnostic_prompt: str = preset["agnostic_prompt"]
-        self.aware_template: str = preset["aware_prompt"]
-        self.entities: str = preset.get("entities", "rules")
+        bb = backbone_class(self.backbone)
+        self.model_id = model or bb.model
+        self.agnostic_prompt: str = bb.agnostic_prompt
+        self.aware_template: str = bb.aware_prompt or ""
+        self.entities: str = bb.entities or "rules"
         self.device_name = device
         self.dtype_name = dtype
         self._batch_size = batch_size
@@ -203,10 +202,8 @@ class Qwen25VLCaptioner(HFCaptioner):
 class Blip2Captioner(HFCaptioner):
     """BLIP-2 OPT-2.7b (`Blip2ForConditionalGeneration` + `Blip2Processor`).
 
-    OPT-2.7b is a plain language model, not instruction-tuned: it continues text. The
-    agnostic prompt is a caption prefix ("a photo of"); the aware prompt is an open
-    question in BLIP-2's zero-shot VQA format ("Question: ... Answer:"), never a yes/no
-    question, which it would answer "yes" or "no". The caption is the continuation only.
+    Its prompts are text prefixes (`harness.cache.backbones.Blip2OPT`: why they are what
+    they are); the caption is the continuation only.
     """
 
     name = "blip2"

@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from harness.core.registry import Registry
+from harness.core.registries import KEY_ELEMENT_EXTRACTORS
 
 _WORD = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[.,;:!?()\"]")
 
@@ -172,8 +172,6 @@ def _participle(tok: str) -> bool:
     return (tok.endswith("ing") and len(tok) > 4) or (tok.endswith("ed") and len(tok) > 4)
 
 
-KEY_ELEMENT_EXTRACTORS: Registry = Registry(
-    "key-element extractor", doc="a query's entities and actions for aware-caption prompts")
 
 
 @KEY_ELEMENT_EXTRACTORS.register("rules")

@@ -20,15 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.builder.backends.base import (
-    FRAME_FILTERS,
-    FrameFilter,
-    Frames,
-    resolve_device,
-    resolve_dtype,
-)
+from harness.builder.backends.base import FrameFilter, Frames, resolve_device, resolve_dtype
 from harness.cache.embedders import build_embedder
 from harness.cache.producers import FRAME_FILTER_MODELS, caption_producer
+from harness.core.registries import FRAME_FILTERS
 
 DEFAULT_CLIP_ARCH = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -146,7 +141,7 @@ class CaptionTextFrameFilter(FrameFilter):
     """STAND-IN: query-to-agnostic-caption cosine, for caches without frame features.
 
     `captions` names the caption backbone whose agnostic captions are compared (as in
-    `captioners.yaml`, e.g. `minigptv2` for the imported set), `caption_model` its model id
+    `harness.cache.backbones`, e.g. `minigptv2` for the imported set), `caption_model` its model id
     if not the preset's; `embedder` is a `harness.embed` embedder name or spec. Embeddings
     are read from / written to the cache under the embedder's model id, as runs do.
     """

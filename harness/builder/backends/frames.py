@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.builder.backends.base import DECODERS, FrameDecoder, Frames, VideoError, frame_times
+from harness.builder.backends.base import FrameDecoder, Frames, VideoError, frame_times
 from harness.core.constants import FPS
 from harness.core.io import atomic_write_bytes
 from harness.core.query import n_clips
+from harness.core.registries import DECODERS
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 JPEG_QUALITY = 95

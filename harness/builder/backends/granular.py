@@ -36,11 +36,12 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any, ClassVar
 
-from harness.builder.backends.base import REWRITERS, Rewriter
-from harness.builder.backends.entities import KEY_ELEMENT_EXTRACTORS, KeyElements
+from harness.builder.backends.base import Rewriter
+from harness.builder.backends.entities import KeyElements
 from harness.builder.backends.rewrite import RewriteResult
 from harness.cache.producers import paraphrase_producer, query_text_item
 from harness.core.constants import M_MAX
+from harness.core.registries import KEY_ELEMENT_EXTRACTORS, REWRITERS
 
 RULES_VERSION = 1
 PIPELINE = "en_core_web_sm"

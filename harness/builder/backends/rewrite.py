@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.builder.backends.base import (
-    REWRITERS,
     Rewriter,
     default_batch_size,
     hf_load_kwargs,
@@ -37,6 +36,7 @@ from harness.builder.backends.base import (
 from harness.cache.producers import DEFAULT_REWRITER_MODEL, instruction_pairs
 from harness.core.constants import M_MAX
 from harness.core.io import sha256_hex
+from harness.core.registries import REWRITERS
 
 KINDS = {"qs": "simplified", "qd": "detailed"}
 
