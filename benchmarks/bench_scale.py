@@ -21,7 +21,8 @@ import numpy as np
 
 from harness.config import ExperimentConfig
 from harness.core.query import Query
-from harness.method.sources import Prepared, SourceSpec
+from harness.method.kinds import SourceSpec
+from harness.method.sources import Prepared
 from harness.runner.trial import trial
 
 SIZES = (1500, 5000, 17000)

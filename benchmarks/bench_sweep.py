@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from harness.runner.settings import Settings
+from harness.config.settings import Settings
 from harness.runner.sweeps import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]

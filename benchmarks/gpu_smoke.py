@@ -38,9 +38,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from harness.builder.backends import testing as tiny  # noqa: E402
-from harness.builder.builder import BuildConfig, CacheBuilder  # noqa: E402
+from harness.builder.builder import CacheBuilder  # noqa: E402
 from harness.builder.metering import efficiency_rows  # noqa: E402
 from harness.cache.store import Cache  # noqa: E402
+from harness.config.build import BuildConfig  # noqa: E402
 
 SLACK = 1 << 20  # bytes
 OWNER = {"variants": "rewriter", "frame_scores": "frame_filter", "captions_agnostic": "captioner",

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from harness.cli import main
+from harness.config.table import load_table
 from harness.core.results import Outcome
 from harness.data import load_dataset
 from harness.eval.bootstrap import (
@@ -26,7 +27,8 @@ from harness.eval.bootstrap import (
 )
 from harness.eval.predictions import load_predictions, write_predictions
 from harness.eval.protocols import PerQuery, protocol_of
-from harness.report.tables import NOT_SIGNIFICANT, Uncertainty, load_table, render_all
+from harness.tables.render import render_all
+from harness.tables.stats import NOT_SIGNIFICANT, Uncertainty
 
 REF = Path("qvhighlights") / "eval_reference" / "sample_val_preds.jsonl"
 

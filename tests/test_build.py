@@ -27,12 +27,7 @@ from harness.builder.backends import Rewriter, candidate_frames
 from harness.builder.backends import testing as tiny
 from harness.builder.backends.rewrite import RewriteResult
 from harness.builder.batching import shard_of
-from harness.builder.builder import (
-    CRASH_ENV,
-    BuildConfig,
-    CacheBuilder,
-    shard_queries,
-)
+from harness.builder.builder import CacheBuilder, shard_queries
 from harness.builder.metering import efficiency_rows
 from harness.cache.producers import (
     caption_producer,
@@ -43,6 +38,8 @@ from harness.cache.producers import (
     video_query_item,
 )
 from harness.cache.store import Cache
+from harness.config.build import BuildConfig
+from harness.core.faults import FAULT_ENV
 from harness.core.registries import REWRITERS
 from harness.data import load_dataset
 
@@ -231,7 +228,7 @@ def test_rerun_does_only_what_is_missing(world: World, reference: Run, tmp_path:
 
 def test_crash_midway_then_rerun_equals_uninterrupted(world: World, reference: Run, tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    env = {**os.environ, CRASH_ENV: "frame_scores:3"}  # vidA's 2 queries commit, vidB's dies
+    env = {**os.environ, FAULT_ENV: "build:commit#frame_scores@2|kill"}  # vidA's 2 queries commit, vidB's dies
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", *build_args(world, cache_dir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
@@ -336,7 +333,6 @@ def test_two_shards_built_apart_merge_into_one_build(world: World, reference: Ru
     the same content fingerprint as one unsharded build; an interrupted merge rerun ends the
     same; the same key with different content is an error naming both caches."""
     from harness.cache.merge import content_fingerprint
-    from harness.core.faults import FAULT_ENV
 
     a, b = tmp_path / "shard0", tmp_path / "shard1"
     assert run_main(build_args(world, a, "--shard", "0/2"))[0] == 0

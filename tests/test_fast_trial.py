@@ -16,8 +16,9 @@ from harness.config import ExperimentConfig, load_config
 from harness.core.query import Query
 from harness.core.registries import PAIRINGS
 from harness.eval import evaluate
+from harness.method.kinds import SourceSpec
 from harness.method.proposals import batched_nms
-from harness.method.sources import Prepared, SourceSpec
+from harness.method.sources import Prepared
 from harness.runner.trial import InputPool, predictions, trial
 from tests.reference_impl import reference_rows, temporal_nms
 

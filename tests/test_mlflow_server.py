@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from harness.runner.settings import Settings
-from harness.runner.tables import run_table
+from harness.config.settings import Settings
+from harness.tables.run import run_table
 
 requests = pytest.importorskip("requests")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner.settings import Settings
-from harness.runner.tables import run_table
+from harness.config.settings import Settings
+from harness.tables.run import run_table
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

@@ -19,14 +19,14 @@ from harness.cache.importers import import_captions
 from harness.cache.model_assets import STAMP, assemble_split_zip
 from harness.cache.store import Cache
 from harness.cli import main
+from harness.config.settings import Settings
 from harness.core.errors import ConfigError, DataError
 from harness.core.results import Missing, SameAs
 from harness.data import load_dataset
 from harness.eval.predictions import check_prediction_ids, load_predictions
 from harness.method.substitutions import Substitution, parse_substitutions, substitute_pairs
-from harness.runner.settings import Settings
-from harness.runner.tables import run_table
 from harness.runner.trial import SUBSTITUTIONS_TAG
+from harness.tables.run import run_table
 
 REPO = Path(__file__).resolve().parents[1]
 N_TEST = 20
@@ -98,7 +98,7 @@ def test_the_same_command_evaluates_when_the_annotations_carry_windows(
 def test_a_table_row_on_test_says_ground_truth_is_missing(test_cache: Path, data_root: Path,
                                                           tmp_path: Path, mlflow_db_template: Path) -> None:
     spec = {"table": "9", "title": "test split", "dataset": "qvhighlights:test",
-            "paper_dataset": "QVHighlights test", "base": "experiments/granalign_qvh_minigptv2.yaml",
+            "paper_dataset": "QVHighlights test", "base": "../experiments/granalign_qvh_minigptv2.yaml",
             "kind": "rows", "columns": {"mAP": "MR-full-mAP"},
             "rows": [{"name": "ours", "overrides": {"dataset": "qvhighlights:test", "limit": N_TEST},
                       "paper": {"mAP": 35.0}}]}

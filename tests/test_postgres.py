@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner.settings import Settings
+from harness.config.settings import Settings
 from harness.runner.studies import WORKER_ATTR, open_storage
-from harness.runner.tables import run_table
+from harness.tables.run import run_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SWEEP = REPO / "experiments" / "sweeps" / "demo.yaml"
@@ -83,8 +83,8 @@ def test_a_two_worker_sweep_on_postgres_survives_a_killed_worker(
 
     from harness.cache.store import Cache
     from harness.config import load_config
+    from harness.config.sweep import config_values, load_sweep
     from harness.eval import brief
-    from harness.runner.sweeps import config_values, load_sweep
     from harness.runner.trial import InputPool, trial
 
     n_trials = 8

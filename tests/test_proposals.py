@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from harness.config.experiment import ExperimentConfig
 from harness.method.proposals import (
     MPGParams,
     histogram_thresholds,
@@ -18,6 +19,13 @@ from harness.method.proposals import (
 )
 
 CURVE = np.array([0.05, 0.15, 0.95, 0.92, 0.85, 0.81, 0.75, 0.71, 0.65, 0.61, 0.3, 0.2])
+
+
+def mpg(**overrides: object) -> MPGParams:
+    """The MPG's parameters: the config's declared defaults (`ExperimentConfig`, role
+    `mpg`) with `overrides`, by keyword."""
+    return MPGParams(**{**ExperimentConfig().values("mpg"), **overrides})
+
 
 
 def test_threshold_walks_down_until_top_k_frames():
@@ -93,21 +101,21 @@ def test_selected_span_score_counts_selected_frames_only():
 def test_mpg_prunes_bottom_percentile_but_keeps_best():
     # two groups selected with threshold 0 (top_k larger than T): [0..1] and [4..5]
     curve = np.array([[0.3, 0.3, 0.0, 0.0, 0.02, 0.02, 0.0, 0.0]])
-    p = MPGParams(top_k=100, gap=1, n=50, lam=0.0)
+    p = mpg(top_k=100, gap=1, n=50, lam=0.0)
     spans = moment_proposals(curve, p)
     # 50th percentile of the frames = 0.01: [4,5] mean 0.02 survives; with n=80 it does not
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 1), (4, 5)]
-    spans = moment_proposals(curve, MPGParams(top_k=100, gap=1, n=80, lam=0.0))
+    spans = moment_proposals(curve, mpg(top_k=100, gap=1, n=80, lam=0.0))
     # 80th percentile = 0.084 > 0.02: dropped; [0,1] mean 0.3 stays
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 1)]
     # even a cut above every span keeps the best one
-    spans = moment_proposals(curve, MPGParams(top_k=100, gap=1, n=99, lam=0.0))
+    spans = moment_proposals(curve, mpg(top_k=100, gap=1, n=99, lam=0.0))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 1)]
 
 
 def test_mpg_spans_mode_drops_bottom_spans():
     curve = np.array([[0.9, 0.0, 0.5, 0.0, 0.2, 0.0, 0.7, 0.0, 0.1, 0.0]])
-    p = MPGParams(top_k=100, gap=0, n=40, lam=0.0, prune="spans")
+    p = mpg(top_k=100, gap=0, n=40, lam=0.0, prune="spans")
     spans = moment_proposals(curve, p)
     # five single-frame spans; floor(5 * 0.4) = 2 lowest (0.1, 0.2) dropped
     assert sorted(spans.first.tolist()) == [0, 2, 6]
@@ -117,10 +125,10 @@ def test_mpg_merge_mode_refuses_weak_merges():
     curve = np.array([[0.9, 0.9, 0.0, 0.0, 0.0, 0.0, 0.85, 0.0, 0.0, 0.0]])
     # top_k 3: threshold 0.8 selects frames 0, 1, 6; gap 5 joins them in "frames" mode,
     # and the span mean 2.65 / 7 = 0.379 is above the 20th percentile (0)
-    spans = moment_proposals(curve, MPGParams(top_k=3, gap=5, n=20, lam=0.0))
+    spans = moment_proposals(curve, mpg(top_k=3, gap=5, n=20, lam=0.0))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 6)]
     # "merge" mode with n=80: the merged mean 0.379 < the 80th percentile (0.86): no merge
-    spans = moment_proposals(curve, MPGParams(top_k=3, gap=5, n=80, lam=0.0, prune="merge"))
+    spans = moment_proposals(curve, mpg(top_k=3, gap=5, n=80, lam=0.0, prune="merge"))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 1), (6, 6)]
 
 

@@ -26,14 +26,17 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.config.settings import Settings
+from harness.config.sweep import load_sweep
+from harness.config.table import load_table
 from harness.core.errors import ConfigError
+from harness.core.faults import FAULT_ENV
 from harness.core.results import Failed, Missing
-from harness.report.tables import load_table
 from harness.report.tracking import STUDY_TAG
-from harness.runner.settings import Settings
 from harness.runner.studies import WORKER_ATTR, open_storage
-from harness.runner.sweeps import TRIAL_DELAY_ENV, load_sweep, run_sweep
-from harness.runner.tables import effective_spec, row_configs, run_table, table_from_mlflow
+from harness.runner.sweeps import run_sweep
+from harness.tables.rows import effective_spec, row_configs
+from harness.tables.run import run_table, table_from_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SWEEP = REPO / "experiments" / "sweeps" / "demo.yaml"
@@ -376,7 +379,7 @@ def test_sweep_with_two_workers_stops_at_n_trials(tmp_path: Path, settings_for: 
     # with Optuna's MaxTrialsCallback each worker starts one more trial while the other
     # runs its last one; the runner decides under the study's lock instead. Trials are
     # slowed down so that the second worker is up before the first has done them all.
-    monkeypatch.setenv(TRIAL_DELAY_ENV, "0.6")
+    monkeypatch.setenv(FAULT_ENV, "sweep:trial|sleep=0.6")
     settings = settings_for(tmp_path, workers=2)
     summary = run_sweep(DEMO_SWEEP, settings, n_trials=7, echo=False)
     study = sweep_study(settings, summary)
@@ -554,19 +557,19 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
     assert sorted(by_trial) == sorted(t.number for t in finished(study))
     assert all(c.info.status == "FINISHED" for c in children) and len(children) == n_trials
 
+INJECTED = "InjectedFault: injected fault at table-row:start#lam=0.2 (GRANALIGN_TEST_FAULT=table-row:start#lam=0.2)"
+
 
 # -- a failing row, with one worker and with two ------------------------------------------------
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failing_row_is_a_failed_cell_and_a_rerun_retries_it_only(
     tmp_path: Path, settings_for: SettingsFor, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    from harness.runner.tables import FAIL_ROWS_ENV
-
     settings = settings_for(tmp_path, workers=workers, artifacts=False)
-    monkeypatch.setenv(FAIL_ROWS_ENV, "lam=0.2")
+    monkeypatch.setenv(FAULT_ENV, "table-row:start#lam=0.2")
     run = run_table("C2", settings, echo=False)
     failed = run.results["lam=0.2"]
-    assert isinstance(failed, Failed) and failed.reason == "RuntimeError: injected failure (GRANALIGN_TEST_FAIL_ROWS)"
+    assert isinstance(failed, Failed) and failed.reason == INJECTED
     assert run.computed == 4 and all(isinstance(run.results[r], dict) for r in run.results if r != "lam=0.2")
     cells = ours_cells(run.rendered["md"], 4)
     assert cells["lam=0.2"] == ["failed: RuntimeError: injected failure (GRANALIGN_TEST_FAIL_ROWS)"] * 4
@@ -575,7 +578,7 @@ def test_a_failing_row_is_a_failed_cell_and_a_rerun_retries_it_only(
     status = {c.data.tags["row"]: c.info.status for c in children}
     assert status["lam=0.2"] == "FAILED" and list(status.values()).count("FINISHED") == 4
 
-    monkeypatch.delenv(FAIL_ROWS_ENV)
+    monkeypatch.delenv(FAULT_ENV)
     again = run_table("C2", settings, echo=False)
     assert again.computed == 1 and again.reused == 4  # the failed row only
     assert all(isinstance(r, dict) for r in again.results.values())
@@ -601,14 +604,13 @@ def test_a_table_killed_mid_row_and_rerun_computes_each_row_once(
     one FINISHED run per row, nothing RUNNING, nothing computed twice."""
     import optuna
 
-    from harness.core.faults import FAULT_ENV
 
     settings = settings_for(tmp_path, workers=workers, artifacts=False)
     cmd = [sys.executable, "-m", "harness.cli", "table", "C2", "--demo", "--cache", str(settings.cache_dir),
            "--storage", settings.storage, "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path),
            "--workers", str(workers)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    first = subprocess.run(cmd, cwd=REPO, env={**env, FAULT_ENV: f"{point}@2:kill"},
+    first = subprocess.run(cmd, cwd=REPO, env={**env, FAULT_ENV: f"{point}@2|kill"},
                            capture_output=True, text=True, timeout=300)
     assert first.returncode != 0 or workers > 1, first.stdout + first.stderr  # the one worker died
     (name,) = [s.study_name for s in optuna.get_all_study_summaries(settings.storage)]

@@ -8,6 +8,7 @@ import pytest
 from harness.config import ExperimentConfig
 from harness.core.query import Query
 from harness.core.registry import RegistryError
+from harness.method.kinds import SourceSpec
 from harness.method.recipes import predict
 from harness.method.scoring import (
     candidate_mask,
@@ -17,7 +18,7 @@ from harness.method.scoring import (
     resolve_pairing,
     variant_curves,
 )
-from harness.method.sources import Prepared, SourceSpec
+from harness.method.sources import Prepared
 
 SPEC = SourceSpec("toy:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, "e")
 

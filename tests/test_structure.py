@@ -18,13 +18,13 @@ import pytest
 import harness
 from harness.cli import main
 from harness.config import ExperimentConfig, load_config
+from harness.config.table import TableError, load_table
 from harness.core import results
 from harness.core.errors import ConfigError
 from harness.core.registries import DATASETS
 from harness.core.registry import REGISTRIES
 from harness.data import dataset_spec, load_dataset
 from harness.eval import evaluate, protocol_of
-from harness.report.tables import TableError, load_table
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "harness"
@@ -143,7 +143,7 @@ def test_table_columns_are_checked_against_the_datasets_protocol(tmp_path: Path)
     import yaml
 
     spec = {"table": "9", "title": "t", "dataset": "toy:val", "paper_dataset": "toy",
-            "base": "experiments/granalign_qvh.yaml", "kind": "rows",
+            "base": "../experiments/granalign_qvh.yaml", "kind": "rows",
             "columns": {"mAP": "MR-full-mAP"}, "rows": [{"name": "a", "paper": {"mAP": 1.0}}]}
     path = tmp_path / "ablations" / "table9.yaml"
     path.parent.mkdir()

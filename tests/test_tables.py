@@ -18,18 +18,16 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.core.results import Failed, Missing
-from harness.report.tables import (
+from harness.config.table import (
     TableError,
     TableSpec,
     find_ablations_dir,
     list_tables,
     load_table,
-    render_all,
-    render_csv,
-    render_markdown,
     row_config,
 )
+from harness.core.results import Failed, Missing
+from harness.tables.render import render_all, render_csv, render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO.parent / "shared" / "paper" / "granalign.txt"
@@ -67,7 +65,7 @@ def test_spec_loads_with_the_paper_row_count(table_id: str) -> None:
 def test_table1_extra_row_is_the_runnable_vtg_gpt(tables: dict[str, TableSpec]) -> None:
     extra = [r for r in tables["1"].rows if r.extra]
     assert [r.name for r in extra] == ["VTG-GPT (harness) [val]"]
-    assert extra[0].runnable and extra[0].base == "experiments/vtg_gpt_qvh.yaml"
+    assert extra[0].runnable and extra[0].base == "../experiments/vtg_gpt_qvh.yaml"
     assert extra[0].paper == {}
 
 
@@ -77,9 +75,9 @@ def test_peer_rows_have_no_config_and_ours_do(tables: dict[str, TableSpec]) -> N
     assert t1.row("GranAlign (ours) [test]").overrides == {"dataset": "qvhighlights:test"}
     assert t1.row("GranAlign (ours) [val]").overrides == {}
     t2 = tables["2"]
-    assert t2.row("GranAlign (ours) [ActivityNet]").base == "experiments/granalign_anet.yaml"
+    assert t2.row("GranAlign (ours) [ActivityNet]").base == "../experiments/granalign_anet.yaml"
     assert t2.row("GranAlign (ours) [Charades]").base is None  # the table's base
-    assert t2.base == "experiments/granalign_charades.yaml"
+    assert t2.base == "../experiments/granalign_charades.yaml"
     assert [r.name for r in t2.runnable_rows()] == ["GranAlign (ours) [Charades]", "GranAlign (ours) [ActivityNet]"]
 
 
@@ -248,7 +246,7 @@ def _minimal(**top: Any) -> dict[str, Any]:
         "title": "A test table",
         "dataset": "qvhighlights:val",
         "paper_dataset": "QVHighlights val",
-        "base": "experiments/base.yaml",
+        "base": "../experiments/base.yaml",
         "kind": "rows",
         "columns": {"R1@0.5": "MR-full-R1@0.5", "mAP@avg": "MR-full-mAP"},
         "rows": [
@@ -343,29 +341,43 @@ def test_a_bad_table_spec_is_a_one_line_error_on_the_command_line(
 
 
 # -- run configs ------------------------------------------------------------------------------
+def _tables_in(root: Path, *ids: str) -> Path:
+    """Copies of the repository's table files in `root/ablations`: their `base:` paths
+    (relative to the table file) then point into `root/experiments`."""
+    (root / "ablations").mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        (root / "ablations" / f"table{i}.yaml").write_text((REPO / "ablations" / f"table{i}.yaml").read_text())
+    return root / "ablations"
+
+
 def test_row_config_applies_overrides_to_the_base(tmp_path: Path) -> None:
     _write(tmp_path / "experiments" / "granalign_qvh.yaml", {"name": "granalign_qvh", "m": 3, "lam": 0.3})
-    spec = load_table("3", REPO / "ablations")
-    cfg = row_config(spec, "q-Ca", repo_root=tmp_path)
+    folder = _tables_in(tmp_path, "3", "1")
+    spec = load_table("3", folder)
+    cfg = row_config(spec, "q-Ca")
     assert (cfg.pairing, cfg.m, cfg.lam) == ("q-Ca", 3, 0.3)
     assert cfg.name == "table3/q-Ca"
     assert dict(cfg.tags) == {"table": "3", "row": "q-Ca"}
     # name and tags are not in the hash: the GranAlign row is the base computation itself
-    base = row_config(spec, "qs-Ca+qd-Cq (GranAlign)", repo_root=tmp_path)
-    assert base.hash() == row_config(load_table("1", REPO / "ablations"), "GranAlign (ours) [val]", tmp_path).hash()
+    base = row_config(spec, "qs-Ca+qd-Cq (GranAlign)")
+    assert base.hash() == row_config(load_table("1", folder), "GranAlign (ours) [val]").hash()
     assert base.hash() != cfg.hash()
 
 
-def test_row_config_refuses_a_peer_without_config(tmp_path: Path) -> None:
+def test_row_config_refuses_a_peer_without_config() -> None:
     spec = load_table("5", REPO / "ablations")
     with pytest.raises(TableError, match="QD-DETR"):
-        row_config(spec, "QD-DETR", repo_root=tmp_path)
+        row_config(spec, "QD-DETR")
 
 
 def test_row_config_uses_the_rows_own_base(tmp_path: Path) -> None:
-    _write(tmp_path / "experiments" / "granalign_anet.yaml", {"dataset": "activitynet:val_1"})
-    cfg = row_config(load_table("2", REPO / "ablations"), "GranAlign (ours) [ActivityNet]", tmp_path)
-    assert cfg.dataset == "activitynet:val_1"
+    for name in ("granalign_charades", "granalign_anet"):
+        (tmp_path / "experiments").mkdir(exist_ok=True)
+        (tmp_path / "experiments" / f"{name}.yaml").write_text((REPO / "experiments" / f"{name}.yaml").read_text())
+    (tmp_path / "experiments" / "granalign_qvh.yaml").write_text((REPO / "experiments" / "granalign_qvh.yaml").read_text())
+    _write(tmp_path / "experiments" / "granalign_anet.yaml", {"dataset": "activitynet:val_1", "m": 2})
+    cfg = row_config(load_table("2", _tables_in(tmp_path, "2")), "GranAlign (ours) [ActivityNet]")
+    assert cfg.dataset == "activitynet:val_1" and cfg.m == 2
 
 
 # -- rendering --------------------------------------------------------------------------------

@@ -31,15 +31,14 @@ reads exactly the keys the builder wrote.
 - Efficiency (Table 4): per stage and run, time, peak memory and what was resident when
   the stage's meter started (`harness.builder.metering`).
 
-Test hook: `GRANALIGN_BUILD_CRASH_AFTER=STAGE:N` kills the process (SIGKILL) right before
-the commit that would bring STAGE's processed items to N or more, simulating a crash mid-run.
+Test hook: the fault point `build:commit` (key: the stage) is reached right before each
+commit (`harness.core.faults`), e.g. `build:commit#frame_scores@2|kill` kills the process
+before that stage's second commit.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 import time
 import weakref
@@ -54,18 +53,14 @@ from harness.builder.backends import VideoError, candidate_frames
 from harness.builder.backends.base import resolve_device
 from harness.builder.backends.frames import FrameSource, FrameStore
 from harness.builder.batching import (
-    SHARD_BUCKETS,
     batches_to_run,
     plan_batches,
     shard_bucket,
     shard_of,
 )
 from harness.builder.metering import FRAME_TIMINGS, StageMeter
-from harness.cache.backbones import DEFAULT_BACKBONE
 from harness.cache.embedders import build_embedder, embed_dataset
 from harness.cache.producers import (
-    DEFAULT_FRAME_FILTER,
-    DEFAULT_REWRITER_MODEL,
     caption_producer,
     frame_filter_producer,
     query_item,
@@ -74,7 +69,9 @@ from harness.cache.producers import (
     video_query_item,
 )
 from harness.cache.store import Cache, Producer
-from harness.core.constants import FPS, K_MAX, M_MAX
+from harness.config.build import BuildConfig
+from harness.core.constants import FPS, M_MAX
+from harness.core.faults import fault_point
 from harness.core.query import Dataset, Query, n_clips
 from harness.core.registries import (
     CAPTION_BACKBONES,
@@ -83,67 +80,14 @@ from harness.core.registries import (
     FRAME_FILTERS,
     REWRITERS,
 )
-from harness.core.stages import BUILD_ORDER, CAPTIONS_FIRST_ORDER, stage_name
+from harness.core.stages import BUILD_ORDER, CAPTIONS_FIRST_ORDER
 from harness.data.spec import load_dataset
 
 STAGES = BUILD_ORDER  # what `--stages` takes, in the order they run
 # the backend (key of `CacheBuilder._backends`) each stage runs
-# the backend each stage runs (keys of `CacheBuilder._backends`, and `--opt` groups)
+# the backend each stage runs (keys of `CacheBuilder._backends`, as the `--opt` groups)
 STAGE_BACKEND = {"variants": "rewriter", "frame_scores": "frame_filter",
                  "captions_agnostic": "captioner", "captions_aware": "captioner"}
-OPTION_GROUPS = ("decoder", "rewriter", "frame_filter", "captioner")
-CRASH_ENV = "GRANALIGN_BUILD_CRASH_AFTER"
-
-
-@dataclass
-class BuildConfig:
-    """Everything `granalign cache build` takes; `options` holds per-backend keyword args.
-
-    `options` groups: the backends, `decoder`, `rewriter`, `frame_filter`, `captioner`.
-    """
-
-    dataset: str
-    videos: str | None = None
-    stages: tuple[str, ...] = STAGES
-    rewriter: str = "hf-causal-lm"
-    rewriter_model: str = DEFAULT_REWRITER_MODEL
-    rewriter_model_key: str | None = None
-    rewriter_revision: str = ""
-    pairs: tuple[int, ...] = (1,)  # Table 13 alone needs 1..5
-    frame_filter: str = DEFAULT_FRAME_FILTER
-    frame_filter_model: str | None = None
-    frame_filter_model_key: str | None = None
-    captioner: str = DEFAULT_BACKBONE
-    caption_model: str | None = None
-    caption_model_key: str | None = None
-    decoder: str = "decord"
-    fallback_decoder: str | None = "pyav"
-    frames_dir: str | None = None
-    max_side: int | None = 640
-    device: str | None = None
-    dtype: str = "auto"
-    batch_size: int | None = None
-    shard: tuple[int, int] = (0, 1)
-    limit: int | None = None
-    data_root: str | None = None
-    k_max: int = K_MAX
-    embedder: str = "minilm"
-    embedder_model: str | None = None
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.stages = tuple(stage_name(s) for s in self.stages)
-        i, n = self.shard
-        if n < 1 or not 0 <= i < n:
-            raise ValueError(f"shard must be i/N with 0 <= i < N, got {i}/{n}")
-        if n > SHARD_BUCKETS:
-            raise ValueError(f"a build has at most {SHARD_BUCKETS} shards, got {i}/{n}")
-        bad_groups = [g for g in self.options if g not in OPTION_GROUPS]
-        if bad_groups:
-            raise ValueError(
-                f"unknown option group(s) {', '.join(bad_groups)}; valid: {', '.join(OPTION_GROUPS)}"
-            )
 
 
 @dataclass
@@ -208,17 +152,6 @@ def run_order(stages: tuple[str, ...], filter_reads_captions: bool) -> list[str]
     return [s for s in order if s in stages]
 
 
-def _maybe_crash(stage: str, processed: int) -> None:
-    spec = os.environ.get(CRASH_ENV, "")
-    if not spec:
-        return
-    name, _, n = spec.rpartition(":")
-    if name == stage and processed >= int(n):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _device_of(backend: Any) -> str:
     return resolve_device(getattr(backend, "device_name", None))
 
@@ -263,7 +196,6 @@ class CacheBuilder:
             self.text_bucket.setdefault(q.query, shard_bucket(q.vid))
         self._check_names()
         self.report = BuildReport(ds.name, f"{config.shard[0]}/{config.shard[1]}")
-        self._processed: dict[str, int] = defaultdict(int)
         self._backends: dict[str, Any] = {}
         self._unloaded: dict[str, weakref.ref[Any]] = {}
         self._source: Any = None
@@ -388,8 +320,7 @@ class CacheBuilder:
                 rep: StageReport) -> None:
         if not rows:
             return
-        self._processed[stage] += len(rows)
-        _maybe_crash(stage, self._processed[stage])
+        fault_point("build:commit", stage)
         self.cache.put_many(producer, rows)
         rep.done += len(rows)
         rep.failed += sum(1 for r in rows if r[2] == "failed")

@@ -11,12 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.builder.batching import SHARD_BUCKETS
-from harness.builder.builder import (
-    OPTION_GROUPS,
-    STAGES,
-    BuildConfig,
-    build_cache,
-)
+from harness.builder.builder import STAGES, build_cache
 from harness.builder.metering import efficiency_rows, format_efficiency
 from harness.cache.backbones import DEFAULT_BACKBONE
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
@@ -25,6 +20,7 @@ from harness.cache.merge import merge_caches
 from harness.cache.producers import DEFAULT_FRAME_FILTER, DEFAULT_REWRITER_MODEL
 from harness.cache.store import STAGE_LABELS, Cache, default_cache_dir
 from harness.cli.common import add_cache_arg, add_data_args, nonnegative_int, positive_int
+from harness.config.build import OPTION_GROUPS, BuildConfig
 from harness.core.constants import K_MAX
 from harness.core.yaml_io import parse_yaml
 from harness.data.spec import load_dataset

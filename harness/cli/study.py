@@ -7,13 +7,13 @@ import argparse
 
 from harness.cli.common import add_cache_arg, add_substitute_arg, positive_int
 from harness.config import parse_override
+from harness.config.settings import Settings
+from harness.config.table import list_tables
 from harness.method.substitutions import parse_substitutions
-from harness.report.tables import list_tables
 from harness.report.tracking import DEFAULT_TRACKING_URI
-from harness.runner.settings import Settings
 from harness.runner.studies import DEFAULT_STORAGE, STORAGE_ENV
 from harness.runner.sweeps import run_sweep, write_best_config
-from harness.runner.tables import run_table, table_from_mlflow
+from harness.tables.run import run_table, table_from_mlflow
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -54,7 +54,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = _settings(args)
     summary = run_sweep(args.space, settings, args.n_trials)
     if args.best_config:
-        cfg = write_best_config(args.best_config, args.space, summary, settings.resolved_overrides())
+        cfg = write_best_config(args.best_config, args.space, summary, settings.config_overrides(),
+                                settings.substitutions)
         print(f"best config ({cfg.hash()}) written to {args.best_config}")
     return 0
 

@@ -1,16 +1,24 @@
-"""Test hooks that stop the process at an exact point, to test what a crash leaves behind.
+"""Test hooks that stop, fail or slow the process at an exact point: the one mechanism.
 
-`GRANALIGN_TEST_FAULT=<name>` raises at every `fault_point(name)`; `<name>@<n>` raises at the
-n-th time that point is reached in this process; `<name>@<n>:kill` kills the process there
-with SIGKILL instead (what `kill -9` or the OOM killer does: no `finally`, no cleanup).
-Unset (always, outside tests) it costs a dictionary lookup.
+`GRANALIGN_TEST_FAULT` holds comma-separated entries `point[#key][@n][|action]`:
+
+- `point`: the name a `fault_point(point, key)` call gives (`table-row:computed`, ...);
+- `#key`: only where the call's key equals it (a table row's name, a builder stage);
+- `@n`: only the n-th time that entry matches in this process (else every time);
+- `|action`: `raise` (the default: `InjectedFault`), `kill` (SIGKILL, what `kill -9` or the
+  OOM killer does: no `finally`, no cleanup) or `sleep=SECONDS` (a slow step).
+
+Unset (always, outside tests) a call costs a dictionary lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 from collections import Counter
+from dataclasses import dataclass
 
 FAULT_ENV = "GRANALIGN_TEST_FAULT"
 _hits: Counter[str] = Counter()
@@ -20,16 +28,37 @@ class InjectedFault(RuntimeError):
     """Raised by `fault_point` when the tests ask for it."""
 
 
-def fault_point(name: str) -> None:
+@dataclass(frozen=True)
+class _Entry:
+    text: str
+    point: str
+    key: str | None
+    nth: int | None
+    action: str
+
+
+def _parse(text: str) -> _Entry:
+    rest, _, action = text.partition("|")
+    rest, _, nth = rest.partition("@")
+    point, sep, key = rest.partition("#")
+    return _Entry(text, point, key if sep else None, int(nth) if nth else None, action or "raise")
+
+
+def fault_point(point: str, key: str = "") -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    wanted, _, nth = spec.partition("@")
-    if wanted != name:
-        return
-    nth, _, how = nth.partition(":")
-    _hits[name] += 1
-    if not nth or _hits[name] == int(nth):
-        if how == "kill":
+    for entry in map(_parse, spec.split(",")):
+        if entry.point != point or (entry.key is not None and entry.key != key):
+            continue
+        _hits[entry.text] += 1
+        if entry.nth is not None and _hits[entry.text] != entry.nth:
+            continue
+        if entry.action == "kill":
+            sys.stdout.flush()
+            sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        raise InjectedFault(f"injected fault at {name} ({FAULT_ENV}={spec})")
+        if entry.action.startswith("sleep="):
+            time.sleep(float(entry.action.removeprefix("sleep=")))
+            continue
+        raise InjectedFault(f"injected fault at {point}{'#' + key if key else ''} ({FAULT_ENV}={spec})")

@@ -178,3 +178,13 @@ def pair_reads(pairs: tuple[Pair, ...]) -> frozenset[str]:
         if qk.variants:
             out.add("m")
     return frozenset(out)
+
+
+def kind_fields() -> frozenset[str]:
+    """Every config field some kind reads (and `m`): moot for a pairing without that kind."""
+    out: set[str] = {"m"}
+    for name in QUERY_KINDS.names():
+        out |= QUERY_KINDS.get(name).reads
+    for name in CAPTION_KINDS.names():
+        out |= CAPTION_KINDS.get(name).reads
+    return frozenset(out)

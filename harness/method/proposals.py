@@ -317,15 +317,19 @@ def span_score_selected(
 
 
 # -- the MPG -------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MPGParams:
-    bins: int = 10
-    top_k: int = 8
-    gap: int = 6
-    n: float = 20.0
-    lam: float = 0.3
-    prune: str = "frames"
-    span_score: str = "granalign"
+    """The MPG's parameters, by keyword only. Their defaults and checks are declared once, in
+    the experiment config (the `mpg` role: `ExperimentConfig.values("mpg")`); `lo`/`hi`
+    bound the histogram (scores live in [0, 1] after normalisation)."""
+
+    bins: int
+    top_k: int
+    gap: int
+    n: float
+    lam: float
+    prune: str
+    span_score: str
     lo: float = 0.0
     hi: float = 1.0
 

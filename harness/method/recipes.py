@@ -9,7 +9,7 @@ decorator; configs select it by name (`recipe: vtg-gpt`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,9 +17,9 @@ import numpy as np
 from harness.core.constants import CLIP_SECONDS
 from harness.core.query import Query
 from harness.core.registries import NORMALISATIONS, RECIPES
+from harness.method.kinds import Pair
 from harness.method.proposals import CurveBatch, MPGParams, batched_nms, moment_proposals
 from harness.method.scoring import (
-    Pair,
     candidate_mask,
     frame_scores,
     pair_scores,
@@ -46,22 +46,18 @@ class Recipe:
     """GranAlign: Eq. 1 curves, the MPG on variant and mean curves, Eq. 2, NMS on seconds."""
 
     nms_closed_index = False  # True: IoU on [first, last] indices (VTG-GPT), else on time
-    # the method fields of the config this recipe reads: the config hash covers these (and
-    # the inputs), so two configs that differ only in a field the recipe ignores are one
-    # computation
-    reads: ClassVar[frozenset[str]] = frozenset({
-        "pairing", "m", "lam", "K", "gap", "n", "tau", "top_k", "bins", "normalisation",
-        "prune", "span_score", "proposals_from", "cq_fallback", "max_windows",
-    })
-
-    # the config fields `curves` reads: trials that agree on them share one set of curves
-    curve_fields: ClassVar[tuple[str, ...]] = ("m", "normalisation", "K", "cq_fallback", "proposals_from")
+    # the config's method fields this recipe does not read: the config hash leaves them out,
+    # so two configs that differ only there are one computation
+    ignores: ClassVar[frozenset[str]] = frozenset()
 
     def pairs(self, cfg: Any) -> tuple[Pair, ...]:
         return resolve_pairing(cfg.pairing)
 
     def curve_key(self, cfg: Any) -> tuple[Any, ...]:
-        return (type(self).__name__, self.pairs(cfg), *(getattr(cfg, f) for f in self.curve_fields))
+        """What `curves` reads: the pairs and the config's `curve` fields (trials that agree
+        on them share one set of curves)."""
+        curve = {k: v for k, v in cfg.values("curve").items() if k != "pairing" and k not in self.ignores}
+        return (type(self).__name__, self.pairs(cfg), tuple(sorted(curve.items())))
 
     def pair_scores(self, prep: Prepared, cfg: Any) -> list[np.ndarray]:
         """Normalised g(x_j, C_i) per pair, `(Q, m_x, T_max)`, first m variants."""
@@ -93,10 +89,7 @@ class Recipe:
         return Curves(values, owner, mean)
 
     def mpg_params(self, cfg: Any) -> MPGParams:
-        return MPGParams(
-            bins=cfg.bins, top_k=cfg.top_k, gap=cfg.gap, n=float(cfg.n), lam=cfg.lam,
-            prune=cfg.prune, span_score=cfg.span_score,
-        )
+        return MPGParams(**cfg.values("mpg"))
 
 
 RECIPES.register("granalign")(Recipe)
@@ -113,8 +106,7 @@ class VTGGPT(Recipe):
     code; saliency is the mean normalised score over all variants."""
 
     nms_closed_index = True
-    reads = Recipe.reads - {"prune", "n", "span_score", "proposals_from"}
-    curve_fields = ("m", "normalisation", "K", "cq_fallback")
+    ignores = frozenset({"prune", "n", "span_score", "proposals_from"})
 
     def curves(self, prep: Prepared, cfg: Any) -> Curves:
         per_pair = self.pair_scores(prep, cfg)
@@ -123,8 +115,7 @@ class VTGGPT(Recipe):
         return Curves(allv.reshape(nq * nv, t), np.repeat(np.arange(nq), nv), frame_scores(allv))
 
     def mpg_params(self, cfg: Any) -> MPGParams:
-        p = super().mpg_params(cfg)
-        return MPGParams(p.bins, p.top_k, p.gap, 0.0, p.lam, "none", "selected")
+        return replace(super().mpg_params(cfg), n=0.0, prune="none", span_score="selected")
 
 
 @dataclass(frozen=True)

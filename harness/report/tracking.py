@@ -106,6 +106,12 @@ class _Pending:
     inputs: list[dict[str, str]] = field(default_factory=list)  # datasets (MLflow inputs)
 
 
+def study_tracker(kind: str, name: str, uri: str | None, background: bool = False, sink: Any = None,
+                  create: bool = True) -> Tracker:
+    """The MLflow experiment of a table (`kind` "table") or a sweep: `<kind>-<name>`."""
+    return Tracker(f"{kind}-{name}", uri, background, sink=sink, create=create)
+
+
 class Tracker:
     """One MLflow experiment (a table or a sweep) and its parent/child runs.
 
@@ -233,17 +239,10 @@ class Tracker:
 
     def finish_pending(self, run_id: str) -> None:
         """Send what a run buffered without ending it (a parent run, open for its children)."""
-        from mlflow.entities import Metric, Param, RunTag  # lazy: heavy optional (mlflow)
-
         pending = self._pending.pop(run_id, _Pending())
-        params = [Param(k, v) for k, v in pending.params.items()]
-        tags = [RunTag(k, v) for k, v in pending.tags.items()]
-        metrics = [Metric(k, v, ms, step) for k, v, ms, step in pending.metrics]
-        existing = self.client.get_run(run_id).data.params
-        params = [p for p in params if p.key not in existing]  # params are immutable once logged
-        for i in range(0, max(len(params), len(tags), len(metrics)), 100):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100],
-                                  tags=tags[i:i + 100])
+        existing = self.client.get_run(run_id).data.params  # params are immutable once logged
+        pending.params = {k: v for k, v in pending.params.items() if k not in existing}
+        _log_buffered(self.client, run_id, pending)
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str = "eval") -> None:
         """The run's dataset as an MLflow input (the Dataset column of the runs table)."""
@@ -322,19 +321,25 @@ class Tracker:
         )
 
 
-def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, status: str) -> None:
-    """Create a deferred run, log what it buffered in batches, end it."""
+def _log_buffered(client: Any, run_id: str, pending: _Pending) -> None:
+    """A run's buffered params, metrics and tags in as few `log_batch` calls as MLflow's
+    limits allow (100 params, 1000 metrics, 100 tags a batch; 900 metrics kept under)."""
     from mlflow.entities import Metric, Param, RunTag  # lazy: heavy optional (mlflow)
 
-    if pending.create is not None:
-        name, tags = pending.create
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     params = [Param(k, v) for k, v in pending.params.items()]
     metrics = [Metric(k, v, ts, step) for k, v, ts, step in pending.metrics]
     tags = [RunTag(k, v) for k, v in pending.tags.items()]
-    while params or metrics or tags:  # MLflow's limits per batch: 100 params, 100 tags
+    while params or metrics or tags:
         client.log_batch(run_id, params=params[:100], metrics=metrics[:900], tags=tags[:100])
         params, metrics, tags = params[100:], metrics[900:], tags[100:]
+
+
+def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, status: str) -> None:
+    """Create a deferred run, log what it buffered in batches, end it."""
+    if pending.create is not None:
+        name, tags = pending.create
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    _log_buffered(client, run_id, pending)
     if pending.inputs:
         from mlflow.entities import Dataset, DatasetInput, InputTag  # lazy: heavy optional (mlflow)
 

@@ -38,6 +38,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.io import sha256_hex
+from harness.core.results import Failed
 from harness.core.stores import (
     OPTUNA_SCHEMES,
     StoreError,
@@ -262,3 +263,63 @@ def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str) -> int:
             tracker.finish(run.info.run_id, "KILLED")
             closed += 1
     return closed
+
+
+# -- the worker loop tables and sweeps share ------------------------------------------------------
+class StudyWorker:
+    """Claim a trial under the study's lock, keep its heartbeat while computing it, then tell
+    its result or fail it: the loop every table-row and sweep-trial worker runs.
+
+    A subclass says what is due (`claim`: a RUNNING trial of this process and what it is,
+    or None when nothing is left) and how to compute it (`compute`, which tells the study
+    itself); an exception in `compute` fails the trial with its reason (`fail`), and the
+    loop goes on. The tracker's pending MLflow writes are flushed when the loop ends.
+    """
+
+    study: optuna.Study
+    tracker: Any
+
+    def claim(self) -> tuple[optuna.Trial, Any] | None:
+        raise NotImplementedError
+
+    def compute(self, t: optuna.Trial, what: Any) -> str | None:
+        """Compute and tell the trial; return its MLflow run id as soon as it has one (so
+        that a failure is logged to it), or None. Raise to fail the trial."""
+        raise NotImplementedError
+
+    def open_failed_run(self, t: optuna.Trial, what: Any, reason: str) -> str | None:
+        """An MLflow run for a trial that failed before it had one (None: none is made)."""
+        return None
+
+    def run(self) -> int:
+        done = 0
+        try:
+            while (claimed := self.claim()) is not None:
+                t, what = claimed
+                with heartbeat(t):
+                    self._one(t, what)
+                done += 1
+        finally:
+            self.tracker.drain()
+        return done
+
+    def _one(self, t: optuna.Trial, what: Any) -> None:
+        self._run_id: str | None = None
+        try:
+            self.compute(t, what)
+        except Exception as e:  # the trial fails, the study goes on (any number of workers)
+            self.fail(t, what, e)
+
+    def started(self, run_id: str) -> None:
+        """Called by `compute` once the trial's MLflow run exists."""
+        self._run_id = run_id
+
+    def fail(self, t: optuna.Trial, what: Any, error: Exception) -> None:
+        """The trial FAIL with its reason, its MLflow run FAILED with the same."""
+        reason = Failed.from_error(error).reason
+        t.set_user_attr("error", reason)
+        run_id = self._run_id or self.open_failed_run(t, what, reason)
+        if run_id is not None:
+            self.tracker.set_tags(run_id, {"status": "failed", "error": reason})
+            self.tracker.finish(run_id, "FAILED")
+        self.study.tell(t, state=TrialState.FAIL)

@@ -21,9 +21,11 @@ from typing import Any
 
 import yaml
 
+from harness.cache import open_cache
 from harness.cache.embedders import embedder_model_id
 from harness.cache.store import Cache
-from harness.config import ExperimentConfig
+from harness.config.experiment import ExperimentConfig
+from harness.config.settings import Settings
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_text, folder_mode, json_safe, replace_folder
 from harness.core.provenance import git_commit, package_versions
@@ -33,9 +35,10 @@ from harness.core.results import Missing, MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
 from harness.eval.protocols import PerQuery, protocol_of
 from harness.eval.windows import Windows
+from harness.method.kinds import Pair, SourceSpec
 from harness.method.recipes import Predictions, predict
-from harness.method.scoring import Pair, resolve_pairing
-from harness.method.sources import Prepared, SourceSpec, prepare
+from harness.method.scoring import resolve_pairing
+from harness.method.sources import Prepared, prepare
 from harness.method.substitutions import Substitution, label, substitute_pairs
 
 
@@ -87,6 +90,23 @@ class InputPool:
             raise
         self._prepared[key] = prep
         return prep
+
+
+class Pools:
+    """One `InputPool` per cache a table or sweep reads: a synthetic dataset reads its own
+    cache (built on first use), every other dataset the settings' cache."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pools: dict[str, InputPool] = {}
+
+    def __call__(self, dataset: str) -> InputPool:
+        spec = dataset_spec(dataset)
+        key = spec.family if spec.synthetic else ""
+        if key not in self._pools:
+            cache = open_cache(dataset, self.settings.cache_dir, readonly=True)
+            self._pools[key] = InputPool(cache, self.settings.data_root)
+        return self._pools[key]
 
 
 SUBSTITUTIONS_TAG = "granalign.substitutions"

@@ -1,4 +1,4 @@
-"""The paper's tables as data: load the YAML specs under `ablations/`, render ours vs. paper.
+"""The paper's tables as data: load and check the YAML specs under `ablations/`.
 
 Each table of the paper is one declarative file (`ablations/table3.yaml`, ...; the format is
 in `ablations/README.md`): a base run config, one row per line of the paper's table with the
@@ -6,20 +6,12 @@ config overrides that reproduce it, and the paper's numbers transcribed from the
 data and not code: the transcription can be reviewed line by line against the paper, a new
 ablation is a new file, and a typo (a metric key, a config field, a column the paper never
 had) fails when the file is loaded, with the file and the row, not after hours of runs.
-
-Rendering is pure: given a spec and our results per row (a metrics dict, or a `Missing` /
-`Failed` saying why there is none), it returns Markdown, CSV and LaTeX strings that put
-ours, the paper's and the difference side by side. A row we cannot compute shows the
-paper's numbers and the reason, never a number of ours. Logging the strings (MLflow) is
-another module's job.
+A `base:` (the table's or a row's) is relative to the table file, as every `base:` is
+(`harness.config.files`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -27,28 +19,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ExperimentConfig, from_dict, load_config
+from harness.config.experiment import ExperimentConfig, from_dict, load_config
+from harness.config.files import resolve_base
 from harness.core.errors import ConfigError
 from harness.core.registries import DATASETS
-from harness.core.results import Failed, Missing, Outcome, SameAs
 from harness.core.yaml_io import load_yaml
 from harness.eval.protocols import protocol_of
-
-__all__ = [
-    "EFFICIENCY_KEYS",
-    "RowSpec",
-    "TableError",
-    "TableSpec",
-    "find_ablations_dir",
-    "metric_keys",
-    "list_tables",
-    "load_table",
-    "render_all",
-    "render_csv",
-    "render_latex",
-    "render_markdown",
-    "row_config",
-]
 
 # A column names a metric key of the table's datasets' protocol, or (in `kind: efficiency`
 # tables, Table 4) one of the keys that the cache-timing reader emits. A column naming any
@@ -116,12 +92,11 @@ class TableSpec:
     substitutions: tuple[tuple[str, str], ...] = ()  # (substitution, why), e.g. ("Cq=Ca", "...")
     reference: str | None = None  # the row others are tested against (the paper's choice)
 
-    @property
-    def repo_root(self) -> Path:
-        """The folder that `base` paths are relative to: the parent of `ablations/`."""
-        if self.path is None:
-            return Path.cwd()
-        return self.path.resolve().parent.parent
+    def base_path(self, row: RowSpec | None = None) -> Path:
+        """The run config a row starts from: the row's `base`, else the table's, relative
+        to the table file."""
+        base = (row.base if row is not None and row.base else None) or self.base
+        return resolve_base(self.path or Path.cwd() / "table.yaml", base)
 
     def row(self, name: str) -> RowSpec:
         for r in self.rows:
@@ -378,7 +353,7 @@ def _check_overrides(overrides: Mapping[str, Any], base: str, spec: TableSpec, w
             f"{where}: override(s) {', '.join(unknown)} are not ExperimentConfig fields; "
             f"valid: {', '.join(sorted(_CONFIG_FIELDS))}"
         )
-    base_path = spec.repo_root / base
+    base_path = resolve_base(spec.path or Path.cwd() / "table.yaml", base)
     try:
         cfg = load_config(base_path, overrides) if base_path.is_file() else from_dict(overrides, where="overrides")
     except ConfigError as e:
@@ -390,7 +365,7 @@ def _check_overrides(overrides: Mapping[str, Any], base: str, spec: TableSpec, w
         )
 
 
-def row_config(spec: TableSpec, row: RowSpec | str, repo_root: str | os.PathLike[str] | None = None) -> ExperimentConfig:
+def row_config(spec: TableSpec, row: RowSpec | str) -> ExperimentConfig:
     """The run config of one row: its base file (the row's, else the table's) + overrides.
 
     The config's `name` becomes `table<id>/<row>` and its tags gain `table` and `row`, so
@@ -400,263 +375,6 @@ def row_config(spec: TableSpec, row: RowSpec | str, repo_root: str | os.PathLike
     r = spec.row(row) if isinstance(row, str) else row
     if r.overrides is None:
         raise TableError(f"{spec.path}, row {r.name!r}: a peer row with no config cannot be run")
-    root = Path(repo_root) if repo_root is not None else spec.repo_root
-    cfg = load_config(root / (r.base or spec.base), r.overrides)
+    cfg = load_config(spec.base_path(r), r.overrides)
     name = cfg.name if "name" in r.overrides else f"table{spec.id}/{r.name}"
     return cfg.replace(name=name, tags={**cfg.tags, "table": spec.id, "row": r.name})
-
-
-# -- rendering --------------------------------------------------------------------------------
-Result = Outcome
-NOT_IN_PAPER = "not in paper"
-NO_PAPER_NUMBER = "–"  # the paper prints a dash
-NOT_REPORTED = "n/a"  # a computed row whose metrics lack this column's key
-NOT_SIGNIFICANT = "ns"
-SUBSTITUTED_MARK = "‡"  # our number was computed under a declared substitution (the paper uses †)
-
-
-@dataclass(frozen=True)
-class _Cells:
-    ours: str
-    paper: str
-    diff: str
-    low: str = ""  # the 95 % interval of ours, when the row's per-query results are known
-    high: str = ""
-    p: str = ""  # paired p-value against the reference row
-    ns: bool = False  # not significantly different from the reference row
-
-
-@dataclass(frozen=True)
-class Uncertainty:
-    """Bootstrap intervals of our cells and paired tests against a reference row.
-
-    `cells[row][metric key] = (low, high, p)`: the 95 % interval and, for rows other than
-    the reference, the paired bootstrap p-value of the difference (None for the reference)."""
-
-    reference: str | None  # None: no paired tests (`why_untested` says why)
-    cells: Mapping[str, Mapping[str, tuple[float, float, float | None]]]
-    n_resamples: int
-    seed: int
-    why_untested: str = ""
-
-    def note(self) -> str:
-        head = (f"[low, high]: 95 % bootstrap interval over queries ({self.n_resamples} resamples, seed "
-                f"{self.seed}); ")
-        if self.reference is None:
-            return head + f"no paired tests: {self.why_untested}."
-        return head + (f"{NOT_SIGNIFICANT}: not significantly different from row {self.reference} "
-                       "(paired bootstrap, p >= 0.05).")
-
-
-@dataclass(frozen=True)
-class _Line:
-    row: RowSpec
-    status: str  # ok | missing | failed | not run | peer
-    cells: tuple[_Cells, ...]
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2f}"
-
-
-def _lines(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> list[_Line]:
-    unknown = sorted(set(results) - {r.name for r in spec.rows})
-    if unknown:
-        raise TableError(
-            f"table {spec.id}: results for unknown row(s) {', '.join(map(repr, unknown))}; "
-            f"rows: {', '.join(r.name for r in spec.rows)}"
-        )
-    out = []
-    for row in spec.rows:
-        result = results.get(row.name)
-        if isinstance(result, Missing):
-            status = "missing"
-        elif isinstance(result, Failed):
-            status = "failed"
-        elif isinstance(result, SameAs):
-            status = "same"
-        elif result is None:
-            status = "not run" if row.runnable else "peer"
-        elif isinstance(result, Mapping):
-            status = "ok"
-        else:
-            raise TableError(f"table {spec.id}, row {row.name!r}: result should be a metrics mapping, "
-                             "Missing, Failed or SameAs")
-        mark = SUBSTITUTED_MARK if row.name in spec.substituted and status in ("ok", "same") else ""
-        cells = []
-        for col, key in spec.columns.items():
-            ours_val: float | None = None
-            if status in ("missing", "failed", "same"):
-                ours = result.label + mark  # type: ignore[union-attr]
-            elif status == "not run":
-                ours = "not run"
-            elif status == "peer":
-                ours = "not run (peer)"
-            else:
-                v = result.get(key)  # type: ignore[union-attr]
-                if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
-                    ours_val = round(float(v), 2)
-                    ours = _fmt(ours_val) + mark
-                else:  # absent, None or NaN: the run did not report this metric
-                    ours = NOT_REPORTED
-            paper_val = row.paper.get(col)
-            paper = NOT_IN_PAPER if row.extra else NO_PAPER_NUMBER if paper_val is None else _fmt(paper_val)
-            diff = ""
-            if ours_val is not None and paper_val is not None:
-                d = round(ours_val - paper_val, 2)
-                diff = f"{d + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
-            stats = unc.cells.get(row.name, {}).get(key) if unc is not None and ours_val is not None else None
-            if stats is not None:
-                lo, hi, p = stats
-                ns = p is not None and p >= 0.05
-                cells.append(_Cells(ours, paper, diff, _fmt(lo), _fmt(hi), "" if p is None else f"{p:.3f}", ns))
-            else:
-                cells.append(_Cells(ours, paper, diff))
-        out.append(_Line(row, status, tuple(cells)))
-    return out
-
-
-def _show_dataset_column(spec: TableSpec) -> bool:
-    return len({r.paper_dataset for r in spec.rows}) > 1
-
-
-def _footnotes(spec: TableSpec, unc: Uncertainty | None = None) -> list[str]:
-    notes = [unc.note()] if unc is not None else []
-    if spec.note:
-        notes.append(f"Note: {' '.join(spec.note.split())}")
-    inferred = spec.inferred_rows()
-    if inferred:
-        notes.append("* Inferred row labels: " + "; ".join(f"{r.name} ({r.note})" for r in inferred))
-    others = [r for r in spec.rows if r.note and not r.inferred]
-    if others:
-        notes.append("Row notes: " + "; ".join(f"{r.name}: {r.note}" for r in others))
-    return notes
-
-
-def _header_line(spec: TableSpec) -> str:
-    line = (f"Table {spec.id}: {spec.title}. Ours on {', '.join(spec.datasets)}; "
-            f"paper on {spec.paper_dataset}.")
-    if spec.substituted:
-        subs = "; ".join(f"{s} ({why})" for s, why in spec.substitutions)
-        line += f" {SUBSTITUTED_MARK} computed with substitutions: {subs}."
-    return line
-
-
-def _with_interval(c: _Cells) -> str:
-    if not c.low:
-        return c.ours
-    return f"{c.ours} [{c.low}, {c.high}]" + (f" {NOT_SIGNIFICANT}" if c.ns else "")
-
-
-def render_markdown(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> str:
-    """A GitHub Markdown table: per column ours | paper | Δ (ours - paper), notes below."""
-
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    show_ds = _show_dataset_column(spec)
-    head = ["Row", *spec.info, *(["Dataset"] if show_ds else [])]
-    for col in spec.columns:
-        head += [f"{col} ours", f"{col} paper", f"{col} Δ"]
-    align = ["---"] * (1 + len(spec.info) + show_ds) + ["---:"] * (3 * len(spec.columns))
-    lines = [f"**{esc(_header_line(spec))}**", "", "| " + " | ".join(map(esc, head)) + " |",
-             "|" + "|".join(align) + "|"]  # fmt: skip
-    for line in _lines(spec, results, unc):
-        r = line.row
-        cells = [esc(r.name) + (" \\*" if r.inferred else "")]
-        cells += [esc(r.info.get(i) or "") for i in spec.info]
-        if show_ds:
-            cells.append(esc(r.paper_dataset))
-        for c in line.cells:
-            cells += [esc(_with_interval(c)), esc(c.paper), esc(c.diff)]
-        lines.append("| " + " | ".join(cells) + " |")
-    foot = _footnotes(spec, unc)
-    if foot:
-        lines.append("")
-        lines += [esc(f).replace("* Inferred", "\\* Inferred", 1) + "  " for f in foot]
-    return "\n".join(lines) + "\n"
-
-
-def render_csv(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> str:
-    """One rectangular CSV: a header row, then one row per table row (no comment lines, so
-    any CSV reader takes it). Paper "–" cells are empty; our cells hold a number or a reason."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    head = ["table", "row", "inferred", "peer", "extra", *spec.info, "paper_dataset", "status"]
-    for col in spec.columns:
-        head += [f"{col} ours", f"{col} paper", f"{col} diff"]
-        if unc is not None:
-            head += [f"{col} ci low", f"{col} ci high", f"{col} p vs {unc.reference}"]
-    head += ["note", "substituted"]
-    w.writerow(head)
-    for line in _lines(spec, results, unc):
-        r = line.row
-        rec = [spec.id, r.name, str(r.inferred).lower(), str(r.peer).lower(), str(r.extra).lower()]
-        rec += [r.info.get(i) or "" for i in spec.info]
-        rec += [r.paper_dataset, line.status]
-        for c in line.cells:
-            rec += [c.ours, "" if c.paper == NO_PAPER_NUMBER else c.paper, c.diff]
-            if unc is not None:
-                rec += [c.low, c.high, c.p]
-        rec += [r.note or "", "true" if r.name in spec.substituted else "false"]
-        w.writerow(rec)
-    return buf.getvalue()
-
-
-_TEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "✓": r"\checkmark{}", "–": "--", "†": r"\dag{}", "‡": r"\ddag{}", "Δ": r"$\Delta$",
-}  # fmt: skip
-
-
-def _tex(s: str) -> str:
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in s)
-
-
-def render_latex(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> str:
-    """A `table` float with a plain `tabular` (no package beyond amssymb for \\checkmark)."""
-    show_ds = _show_dataset_column(spec)
-    n_left = 1 + len(spec.info) + show_ds
-    colspec = "l" * n_left + "|" + "|".join("rrr" for _ in spec.columns)
-    top = ["Row", *spec.info, *(["Dataset"] if show_ds else [])]
-    first = [_tex(h) for h in top] + [rf"\multicolumn{{3}}{{c}}{{{_tex(c)}}}" for c in spec.columns]
-    second = [""] * n_left + ["ours", "paper", r"$\Delta$"] * len(spec.columns)
-    out = [
-        r"\begin{table}[ht]",
-        r"\centering",
-        rf"\caption{{{_tex(_header_line(spec))}}}",
-        rf"\begin{{tabular}}{{{colspec}}}",
-        r"\hline",
-        " & ".join(first) + r" \\",
-        " & ".join(second) + r" \\",
-        r"\hline",
-    ]
-    for line in _lines(spec, results, unc):
-        r = line.row
-        cells = [_tex(r.name) + (r"$^{*}$" if r.inferred else "")]
-        cells += [_tex(r.info.get(i) or "") for i in spec.info]
-        if show_ds:
-            cells.append(_tex(r.paper_dataset))
-        for c in line.cells:
-            ours = _tex(c.ours) if line.status == "ok" else rf"\textit{{{_tex(c.ours)}}}"
-            if c.low:
-                ours += rf" {{\scriptsize [{c.low}, {c.high}]}}" + (rf"$^{{{NOT_SIGNIFICANT}}}$" if c.ns else "")
-            cells += [ours, _tex(c.paper), _tex(c.diff)]
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\hline", r"\end{tabular}"]
-    foot = _footnotes(spec, unc)
-    if foot:
-        out.append(r"\par\smallskip\footnotesize")
-        out += [_tex(f).replace("* Inferred", r"$^{*}$ Inferred", 1) + r"\par" for f in foot]
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
-
-
-def render_all(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | None = None) -> dict[str, str]:
-    """All three renderings, keyed by file extension ("md", "csv", "tex")."""
-    return {
-        "md": render_markdown(spec, results, unc),
-        "csv": render_csv(spec, results, unc),
-        "tex": render_latex(spec, results, unc),
-    }
