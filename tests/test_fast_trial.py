@@ -18,8 +18,9 @@ from harness.core.registries import PAIRINGS
 from harness.eval import evaluate
 from harness.method.kinds import SourceSpec
 from harness.method.proposals import batched_nms
+from harness.method.recipes import predict
 from harness.method.sources import Prepared
-from harness.runner.trial import InputPool, predictions, trial
+from harness.runner.trial import InputPool, trial
 from tests.reference_impl import reference_rows, temporal_nms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_fast_trial_equals_the_reference_on_random_inputs(seed: int, overrides: 
     prep = _random_prepared(seed)
     cfg = ExperimentConfig(dataset="demo:val", **overrides)
     ref = reference_rows(prep, cfg)
-    assert predictions(prep, cfg) == ref
+    assert predict(prep, cfg).rows(prep.queries) == ref
     assert same(trial(prep, cfg), evaluate(cfg.dataset, list(prep.queries), ref))
 
 
@@ -108,7 +109,7 @@ def test_fast_trial_equals_the_reference_on_real_queries(real_cache: Cache, data
     cfg = load_config(REPO / "experiments" / config, {**overrides, "limit": 40})
     prep = InputPool(real_cache, data_root).get(cfg)
     ref = reference_rows(prep, cfg)
-    assert predictions(prep, cfg) == ref
+    assert predict(prep, cfg).rows(prep.queries) == ref
     full = trial(prep, cfg)
     assert same(full, evaluate(cfg.dataset, list(prep.queries), ref))
     sweep = trial(prep, cfg, highlights=False)  # a sweep's trial: the same MR metrics, no HL

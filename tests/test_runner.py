@@ -635,3 +635,41 @@ def test_a_table_killed_mid_row_and_rerun_computes_each_row_once(
     assert sorted(finished_rows) == sorted(rows)
     assert not [c for c in children if c.info.status == "RUNNING"]
     assert sum(c.info.status == "KILLED" for c in children) == workers
+
+
+# -- a sweep under a declared substitution; every child run carries its whole config --------------
+def test_a_sweep_with_a_substitution_runs_and_its_best_config_says_so(
+    tmp_path: Path, demo_cache: Path, mlflow_db_template: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`granalign sweep ... --substitute Cq=Ca`: the substitution is a command-line option,
+    not a config key (it used to fail with "unknown config key(s) substitute"). Trials run
+    the substituted pairing and say so; the best config's header names the substitution,
+    and `granalign run` with it reproduces the trial's value."""
+    from harness.cli import main
+
+    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
+    stores = ["--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+              "--cache", str(demo_cache), "--out", str(tmp_path)]
+    best = tmp_path / "best.yaml"
+    rc = main(["sweep", str(DEMO_SWEEP), "--demo", "--set", "frame_filter=caption-text", "--substitute", "Cq=Ca",
+               "--n-trials", "3", "--best-config", str(best), *stores])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    summary = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    assert sum(summary["trials"].get(s, 0) for s in ("COMPLETE", "PRUNED")) == 3
+    header = best.read_text().splitlines()[:2]
+    assert "with --substitute Cq=Ca" in header[1]
+    settings = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    _, children = runs_of(settings, "sweep-demo")
+    assert len(children) == 3
+    fields = set(load_sweep(DEMO_SWEEP).base_config({"dataset": "demo:val"}).flat_params())
+    for child in children:
+        assert child.data.tags["granalign.substitutions"] == "Cq=Ca"
+        assert set(child.data.params) == fields  # the whole config, as a table row's run
+        assert json.loads(child.data.params["pairing"]) == [["qs", "Ca"], ["qd", "Ca"]]
+    done = [c for c in children if c.data.tags.get("status") == "ok"]
+    best_value = summary["best"][0]["values"][0]
+    assert main(["run", str(best), "--substitute", "Cq=Ca", "--cache", str(demo_cache),
+                 "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["brief"]["MR-full-mAP"] == pytest.approx(best_value, abs=1e-9), done

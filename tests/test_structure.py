@@ -216,3 +216,81 @@ def test_ls_lists_every_registry_and_one_registry(capsys: pytest.CaptureFixture[
     assert one.startswith("recipe (2): ") and "vtg-gpt" in one and "pairing" not in one
     assert main(["ls", "recipes"]) == 2
     assert "unknown registry 'recipes'; registries: " in capsys.readouterr().err
+
+
+# -- one home per table, per config and per hyperparameter ------------------------------------------
+def _defined_classes() -> dict[str, str]:
+    """class name -> the module that defines it, for every class of the package."""
+    return {node.name: path for path, tree in _sources().items()
+            for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+
+def test_one_tables_package_and_one_config_package() -> None:
+    """Running, statistics and rendering of tables live in `harness/tables/`; every config
+    class (run, table, sweep, build, settings) in `harness/config/`."""
+    table_modules = [p for p in _sources() if Path(p).stem == "tables" or "/tables/" in p]
+    assert all(p.startswith("harness/tables/") for p in table_modules), table_modules
+    where = _defined_classes()
+    for name in ("ExperimentConfig", "TableSpec", "RowSpec", "SweepSpec", "BuildConfig", "Settings"):
+        assert where[name].startswith("harness/config/"), (name, where[name])
+    # not configs: a registered dataset's description, and the cached inputs a run names
+    configs = {n: p for n, p in where.items() if n.endswith(("Config", "Spec"))
+               and n not in ("DatasetSpec", "SourceSpec")}
+    assert all(p.startswith("harness/config/") for p in configs.values()), configs
+
+
+def test_every_registry_is_declared_in_one_module() -> None:
+    made = [f"{path}:{node.lineno}" for path, tree in _sources().items() for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Registry"]
+    assert made and all(m.startswith("harness/core/registries.py:") for m in made), made
+    from harness.core import registries
+
+    declared = {v.kind for v in vars(registries).values() if isinstance(v, type(registries.DATASETS))}
+    assert declared == set(REGISTRIES)  # nothing else made a registry at run time
+
+
+def test_mpg_params_are_passed_by_keyword_only() -> None:
+    positional = [f"{path}:{node.lineno}" for path, tree in _sources().items() for node in ast.walk(tree)
+                  if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "MPGParams" and node.args]
+    assert not positional, positional
+    from harness.method.proposals import MPGParams
+
+    with pytest.raises(TypeError):
+        MPGParams(10, 8, 6, 20.0, 0.3, "frames", "granalign")  # type: ignore[misc]
+
+
+def test_query_kinds_are_declared_once() -> None:
+    """The literal list of query kinds appears nowhere but their declarations."""
+    literal = [f"{path}:{node.lineno}" for path, tree in _sources().items() for node in ast.walk(tree)
+               if isinstance(node, ast.Tuple | ast.List | ast.Set)
+               and {getattr(e, "value", None) for e in node.elts} >= {"qs", "qd", "qp"}]
+    assert not literal, literal
+
+
+def test_adding_a_hyperparameter_is_one_declaration_plus_its_use_in_the_method() -> None:
+    """A toy MPG hyperparameter, declared once with `param`: its check, the hash, the MLflow
+    params and the MPG's keywords all follow; the MPG refuses it until the method uses it
+    (no positional shift can hide it)."""
+    import dataclasses
+
+    from harness.config.experiment import param
+    from harness.method.proposals import MPGParams
+
+    # the one declaration
+    toy = dataclasses.make_dataclass("ToyConfig", [("toy_bias", float, param(
+        0.0, "mpg", "a toy bias on span scores", check=lambda v: -1.0 <= v <= 1.0,
+        expect="-1 <= toy_bias <= 1"))], bases=(ExperimentConfig,), frozen=True)
+    base = toy()
+    with pytest.raises(ConfigError, match="toy_bias.*expected -1 <= toy_bias <= 1"):
+        toy(toy_bias=2.0)
+    assert "toy_bias" in base.reads() and base.hash() != base.replace(toy_bias=0.5).hash()
+    assert base.flat_params()["toy_bias"] == "0.0"
+    assert base.values("mpg")["toy_bias"] == 0.0
+    with pytest.raises(TypeError, match="toy_bias"):
+        MPGParams(**base.values("mpg"))
+    # its use in the method: the MPG declares the keyword it reads
+    toy_mpg = dataclasses.make_dataclass("ToyMPG", [("toy_bias", float, dataclasses.field(kw_only=True))],
+                                         bases=(MPGParams,), frozen=True)
+    assert toy_mpg(**base.values("mpg")).toy_bias == 0.0
+    # and the real config is untouched: the same hash as before the toy existed
+    assert "toy_bias" not in ExperimentConfig().reads()

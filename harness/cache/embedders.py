@@ -30,7 +30,6 @@ DEFAULT_EMBEDDER = "minilm"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET_ID = "sentence-transformers/all-mpnet-base-v2"
 DTYPES = ("float32", "bfloat16", "float16")
-VARIANT_KINDS = ("qs", "qd", "qp")  # simplified, detailed, paraphrase lists in a variants value
 
 
 @runtime_checkable
@@ -295,9 +294,8 @@ def dataset_text_lists(cache: Cache, dataset: Dataset) -> tuple[list[tuple[str, 
                 if stage == "variants":
                     if not isinstance(entry.value, dict):
                         raise ValueError(f"{where}: expected an object of variant lists")
-                    for kind in VARIANT_KINDS:
-                        if kind in entry.value:
-                            out.append((kind, _str_list(entry.value[kind], f"{where} [{kind}]")))
+                    for kind, texts in entry.value.items():  # one list per query kind (qs, qd; qp)
+                        out.append((str(kind), _str_list(texts, f"{where} [{kind}]")))
                 elif stage == "captions_agnostic":
                     out.append(("captions_agnostic", _str_list(entry.value, where)))
                 else:

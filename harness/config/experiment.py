@@ -151,7 +151,7 @@ class ExperimentConfig:
         load_all()  # every registry a field names is filled (each module imports once)
         for f in fields(self):
             value = getattr(self, f.name)
-            _check_type(f.name, value, f.type)
+            _check_type(type(self), f.name, value)
             meta = f.metadata
             if meta["check"] is not None and value is not None and not meta["check"](value):
                 raise ConfigError(f"key {f.name!r} = {value!r}: expected {meta['expect']}")
@@ -179,15 +179,15 @@ class ExperimentConfig:
     def values(self, role: str) -> dict[str, Any]:
         """The fields of one role, by name: what a stage of the method is given (keyword
         arguments, never positions)."""
-        return {name: getattr(self, name) for name in fields_of(role)}
+        return {name: getattr(self, name) for name in fields_of(role, type(self))}
 
     def reads(self) -> frozenset[str]:
         """The fields that can change this config's numbers: the inputs and the method
         fields, minus those its recipe ignores and the inputs of kinds its pairing does not
         use (no `Cq`: no frame filter, K or fallback; no `qs`/`qd`: no rewriter; only `q`:
         no `m`)."""
-        method = {n for role in ("curve", "mpg", "nms") for n in fields_of(role)}
-        read = (set(fields_of("input")) | method) - RECIPES.get(self.recipe).ignores
+        method = {n for role in ("curve", "mpg", "nms") for n in fields_of(role, type(self))}
+        read = (set(fields_of("input", type(self))) | method) - RECIPES.get(self.recipe).ignores
         return frozenset(read - (_CONDITIONAL - pair_reads(self.pairs())))
 
     def folder_name(self) -> str:
@@ -205,7 +205,7 @@ class ExperimentConfig:
         return sha256_hex(canonical_json(d))[:16]
 
     def replace(self, **overrides: Any) -> ExperimentConfig:
-        return from_dict({**self.to_dict(), **overrides})
+        return from_dict({**self.to_dict(), **overrides}, cls=type(self))
 
     def flat_params(self) -> dict[str, str]:
         """String params for MLflow (immutable, one per field but the tags)."""
@@ -218,11 +218,11 @@ class ExperimentConfig:
 
 
 @functools.cache
-def fields_of(role: str) -> tuple[str, ...]:
-    """The config fields of one role, in declaration order."""
+def fields_of(role: str, cls: type | None = None) -> tuple[str, ...]:
+    """The config fields of one role, in declaration order (of `cls`, a config class)."""
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
-    return tuple(f.name for f in fields(ExperimentConfig) if f.metadata["role"] == role)
+    return tuple(f.name for f in fields(cls or ExperimentConfig) if f.metadata["role"] == role)
 
 
 def describe_fields() -> list[tuple[str, str, Any, str]]:
@@ -234,7 +234,6 @@ def describe_fields() -> list[tuple[str, str, Any, str]]:
     return out
 
 
-_FIELD_NAMES = {f.name for f in fields(ExperimentConfig)}
 # fields whose only reader is a query or caption kind (moot when the pairing lacks it)
 _CONDITIONAL = kind_fields()
 
@@ -246,13 +245,13 @@ def _check_name(key: str, value: str, registry: Registry[Any]) -> None:
 
 
 @functools.cache
-def _field_types() -> dict[str, Any]:
-    """Resolved annotations, once: every config (and every sweep trial's) is checked."""
-    return typing.get_type_hints(ExperimentConfig)
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations, once per class: every config (and every sweep trial's) is checked."""
+    return typing.get_type_hints(cls)
 
 
-def _check_type(name: str, value: Any, annotation: Any) -> None:
-    tp = _field_types()[name]
+def _check_type(cls: type, name: str, value: Any) -> None:
+    tp = _field_types(cls)[name]
     if not _matches(value, tp):
         raise ConfigError(f"config field {name!r} should be {_type_name(tp)}, got {value!r:.80}")
 
@@ -308,14 +307,16 @@ def _normalise(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def from_dict(d: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
-    unknown = sorted(set(d) - _FIELD_NAMES)
+def from_dict(d: Mapping[str, Any], where: str = "config", cls: type[ExperimentConfig] | None = None) -> ExperimentConfig:
+    cls = cls or ExperimentConfig
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(_FIELD_NAMES))}"
+            f"{where}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
         )
     try:
-        return ExperimentConfig(**_normalise(d))
+        return cls(**_normalise(d))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

@@ -108,10 +108,6 @@ class TableSpec:
         """The rows a driver has to run (every row with a config)."""
         return tuple(r for r in self.rows if r.runnable)
 
-    def paper_rows(self) -> tuple[RowSpec, ...]:
-        """The rows that are lines of the paper's table (not `extra`)."""
-        return tuple(r for r in self.rows if not r.extra)
-
     def inferred_rows(self) -> tuple[RowSpec, ...]:
         return tuple(r for r in self.rows if r.inferred)
 

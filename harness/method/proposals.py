@@ -30,9 +30,6 @@ class Spans:
     def __len__(self) -> int:
         return int(self.curve.shape[0])
 
-    def take(self, keep: np.ndarray) -> Spans:
-        return Spans(self.curve[keep], self.first[keep], self.last[keep], self.score[keep])
-
 
 class CurveBatch:
     """A batch of curves and what the MPG derives from them alone, computed once.

@@ -8,7 +8,7 @@ decorator; configs select it by name (`recipe: vtg-gpt`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -119,15 +119,6 @@ class VTGGPT(Recipe):
 
 
 @dataclass(frozen=True)
-class QueryPrediction:
-    """One query's windows (k, 2) seconds best first, their scores (k,), its saliency (n_frames,)."""
-
-    windows: np.ndarray
-    scores: np.ndarray
-    saliency: np.ndarray
-
-
-@dataclass(frozen=True)
 class Predictions:
     """Every query's windows (best first, at most `max_windows`) and saliency, as arrays.
 
@@ -145,13 +136,6 @@ class Predictions:
 
     def __len__(self) -> int:
         return int(self.valid.shape[0])
-
-    def __iter__(self) -> Iterator[QueryPrediction]:
-        return (self.query(i) for i in range(len(self)))
-
-    def query(self, i: int) -> QueryPrediction:
-        k = int(self.valid[i].sum())
-        return QueryPrediction(self.windows[i, :k], self.scores[i, :k], self.saliency[i, : int(self.n_frames[i])])
 
     def as_written(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Windows, scores and saliency as a prediction file holds them (rounded to 4 and 6

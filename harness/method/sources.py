@@ -54,9 +54,6 @@ class Prepared:
     def t_max(self) -> int:
         return int(self.n_frames.max()) if self.n_frames.size else 0
 
-    def has(self, pairs: Iterable[Pair]) -> bool:
-        return all(p in self.sims for p in pairs)
-
     def head(self, n: int) -> Prepared:
         """The first `n` queries: what a pruned sweep trial scores before the rest."""
         return self.memo(("head", n), lambda: self._head(n))

@@ -134,11 +134,6 @@ def get_or_substitute(pool: InputPool, cfg: ExperimentConfig,
         return pool.get(alt), alt
 
 
-def predictions(prep: Prepared, cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """The official prediction rows (what a file holds)."""
-    return predict(prep, cfg).rows(prep.queries)
-
-
 def score(prep: Prepared, cfg: ExperimentConfig, preds: Predictions, highlights: bool = True,
           per_query: PerQuery | None = None) -> dict[str, Any]:
     """Evaluate predicted arrays as their file would be evaluated (same rounding), with the
