@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.config.settings import Settings
+from harness.core.faults import FAULT_ENV
 from harness.runner.studies import WORKER_ATTR, open_storage
 from harness.tables.run import run_table
 
@@ -92,7 +93,7 @@ def test_a_two_worker_sweep_on_postgres_survives_a_killed_worker(
     cmd = [sys.executable, "-m", "harness.cli", "sweep", str(DEMO_SWEEP), "--demo", "--cache", str(demo_cache),
            "--storage", pg_url, "--tracking-uri", settings.tracking_uri or "", "--out", str(tmp_path),
            "--workers", "2", "--n-trials", str(n_trials)]
-    env = {**os.environ, "GRANALIGN_TRIAL_DELAY": "1.5", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, FAULT_ENV: "sweep:trial|sleep=1.5", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     victim = None
@@ -120,7 +121,7 @@ def test_a_two_worker_sweep_on_postgres_survives_a_killed_worker(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    again = subprocess.run(cmd, cwd=REPO, env={**env, "GRANALIGN_TRIAL_DELAY": "0"}, capture_output=True,
+    again = subprocess.run(cmd, cwd=REPO, env={k: v for k, v in env.items() if k != FAULT_ENV}, capture_output=True,
                            text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-2000:]
 

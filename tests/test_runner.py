@@ -494,7 +494,7 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
     cmd = [sys.executable, "-m", "harness.cli", "sweep", str(DEMO_SWEEP), "--demo",
            "--cache", str(demo_cache), "--storage", storage, "--tracking-uri", settings.tracking_uri,
            "--out", str(tmp_path), "--workers", "2", "--n-trials", str(n_trials)]
-    env = {**os.environ, "GRANALIGN_TRIAL_DELAY": "2.5", "PYTHONWARNINGS": "ignore",
+    env = {**os.environ, FAULT_ENV: "sweep:trial|sleep=2.5", "PYTHONWARNINGS": "ignore",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = (tmp_path / "sweep.log").open("w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -520,7 +520,7 @@ def test_sweep_survives_a_killed_worker_and_resumes(tmp_path: Path, demo_cache: 
         log.close()
     first_log = (tmp_path / "sweep.log").read_text()
     # resume: the same command; it adds trials only if the first run fell short
-    again = subprocess.run(cmd, cwd=REPO, env={**env, "GRANALIGN_TRIAL_DELAY": "0"},
+    again = subprocess.run(cmd, cwd=REPO, env={k: v for k, v in env.items() if k != FAULT_ENV},
                            capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stdout + again.stderr
 
@@ -572,7 +572,7 @@ def test_a_failing_row_is_a_failed_cell_and_a_rerun_retries_it_only(
     assert isinstance(failed, Failed) and failed.reason == INJECTED
     assert run.computed == 4 and all(isinstance(run.results[r], dict) for r in run.results if r != "lam=0.2")
     cells = ours_cells(run.rendered["md"], 4)
-    assert cells["lam=0.2"] == ["failed: RuntimeError: injected failure (GRANALIGN_TEST_FAIL_ROWS)"] * 4
+    assert cells["lam=0.2"] == [f"failed: {INJECTED}"] * 4
     parents, children = runs_of(settings, "table-C2")
     assert [p.info.status for p in parents] == ["FINISHED"]
     status = {c.data.tags["row"]: c.info.status for c in children}

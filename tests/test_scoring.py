@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from harness.config import ExperimentConfig
 from harness.core.query import Query
 from harness.core.registry import RegistryError
 from harness.method.kinds import SourceSpec
-from harness.method.recipes import predict
+from harness.method.recipes import Predictions, predict
 from harness.method.scoring import (
     candidate_mask,
     frame_scores,
@@ -21,6 +23,17 @@ from harness.method.scoring import (
 from harness.method.sources import Prepared
 
 SPEC = SourceSpec("toy:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, "e")
+
+
+def per_query(p: Predictions) -> list[SimpleNamespace]:
+    """Each query's windows and scores (best first) and saliency, cut from the arrays."""
+    out = []
+    for i in range(len(p)):
+        k = int(p.valid[i].sum())
+        out.append(SimpleNamespace(windows=p.windows[i, :k], scores=p.scores[i, :k],
+                                   saliency=p.saliency[i, : int(p.n_frames[i])]))
+    return out
+
 
 
 def prepared(sims: dict, durations: list[float], n_frames: list[int], aware_rank=None) -> Prepared:
@@ -85,7 +98,7 @@ def test_predict_windows_in_seconds_clipped_to_duration():
     # one query, 10 frames, the last four frames score high; duration 19 s (not 20)
     sims = np.array([[[0.1, 0.1, 0.2, 0.1, 0.1, 0.1, 0.9, 0.95, 0.9, 1.0]]])
     prep = prepared({("q", "Ca"): sims}, [19.0], [10])
-    (p,) = predict(prep, _cfg(pairing="q-Ca", top_k=4))
+    (p,) = per_query(predict(prep, _cfg(pairing="q-Ca", top_k=4)))
     # threshold 0.8 after min-max: frames 6..9 -> [12, 20) s, clipped to 19
     np.testing.assert_allclose(p.windows[0], [12.0, 19.0])
     assert p.windows.shape[0] <= 10 and p.saliency.shape == (10,)
@@ -93,17 +106,17 @@ def test_predict_windows_in_seconds_clipped_to_duration():
 
 def test_predict_one_frame_and_flat_video_give_the_whole_video():
     sims1 = np.array([[[0.3]]])
-    (p,) = predict(prepared({("q", "Ca"): sims1}, [1.5], [1]), _cfg(pairing="q-Ca"))
+    (p,) = per_query(predict(prepared({("q", "Ca"): sims1}, [1.5], [1]), _cfg(pairing="q-Ca")))
     np.testing.assert_allclose(p.windows, [[0.0, 1.5]])
     flat = np.full((1, 1, 12), 0.4)
-    (p,) = predict(prepared({("q", "Ca"): flat}, [24.0], [12]), _cfg(pairing="q-Ca"))
+    (p,) = per_query(predict(prepared({("q", "Ca"): flat}, [24.0], [12]), _cfg(pairing="q-Ca")))
     np.testing.assert_allclose(p.windows, [[0.0, 24.0]])
 
 
 def test_predict_empty_selection_gives_no_window():
     # raw cosine all <= 0 -> clipped to 0 -> nothing above threshold 0
     sims = np.full((1, 1, 6), -0.2)
-    (p,) = predict(prepared({("q", "Ca"): sims}, [12.0], [6]), _cfg(pairing="q-Ca", normalisation="raw"))
+    (p,) = per_query(predict(prepared({("q", "Ca"): sims}, [12.0], [6]), _cfg(pairing="q-Ca", normalisation="raw")))
     assert p.windows.shape == (0, 2) and p.scores.shape == (0,)
 
 
@@ -112,7 +125,7 @@ def test_predict_pools_queries_independently_with_padding():
     a[0, 0, :8] = [0, 0, 1, 1, 0, 0, 0, 0]
     a[1, 0, :4] = [1, 0, 0, 0]
     prep = prepared({("q", "Ca"): a}, [16.0, 8.0], [8, 4])
-    p0, p1 = predict(prep, _cfg(pairing="q-Ca", top_k=2))
+    p0, p1 = per_query(predict(prep, _cfg(pairing="q-Ca", top_k=2)))
     np.testing.assert_allclose(p0.windows[0], [4.0, 8.0])
     np.testing.assert_allclose(p1.windows[0], [0.0, 2.0])
     assert p1.saliency.shape == (4,)
@@ -158,7 +171,7 @@ def test_vtg_gpt_recipe_matches_its_published_procedure():
     qp = rng.random((1, 5, 40)).astype(np.float64)
     prep = prepared({("q", "Ca"): q, ("qp", "Ca"): qp}, [80.0], [40])
     cfg = _cfg(recipe="vtg-gpt", pairing="q-Ca+qp-Ca", m=5, lam=0.5, tau=0.95, max_windows=1000)
-    (p,) = predict(prep, cfg)
+    (p,) = per_query(predict(prep, cfg))
     curves = [minmax(q)[0, 0]] + [minmax(qp)[0, j] for j in range(5)]
     want = _vtg_gpt_reference(curves)
     got = [(s, e, sc) for (s, e), sc in zip(p.windows, p.scores, strict=True)]
