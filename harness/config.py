@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.build.backends import FRAME_FILTERS, REWRITERS
-from harness.cache.embedders import DTYPES, EMBEDDERS
+from harness.cache.embed_backends import BACKENDS, TORCH
+from harness.cache.embedders import DTYPES, EMBEDDERS, resolve_backend
 from harness.cache.producers import captioners, instruction_pairs
 from harness.core.constants import M_MAX, MAX_WINDOWS
 from harness.core.errors import ConfigError
@@ -42,6 +43,7 @@ MAX_BINS = 1000  # histogram bins per curve: more is memory, not resolution (fra
 INPUT_FIELDS = frozenset({
     "dataset", "recipe", "captions", "caption_model", "frame_filter", "frame_filter_model",
     "rewriter", "rewriter_model", "instruction_pair", "embedder", "embedder_model", "embedder_dtype",
+    "embedder_backend",
     "limit", "seed",
 })
 
@@ -64,6 +66,9 @@ class ExperimentConfig:
     embedder: str = "minilm"
     embedder_model: str | None = None
     embedder_dtype: str = "float32"  # float32 | bfloat16 (part of the embeddings' cache key)
+    # torch | onnx | onnx-int8 | openvino | openvino-int8 (part of the cache key); None: the
+    # embedder's default backend (harness.cache.embed_backends)
+    embedder_backend: str | None = None
     # method
     pairing: Pairing = "granalign"
     m: int = 3  # rewrites per kind used (the builder caches 5); paper: m = 3
@@ -98,6 +103,10 @@ class ExperimentConfig:
             if value not in choices():
                 raise ConfigError(
                     f"key {key!r} = {value!r} is not valid; valid: {', '.join(map(str, choices()))}")
+        try:
+            resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend)
+        except ValueError as e:
+            raise ConfigError(f"keys 'embedder_dtype', 'embedder_backend': {e}") from None
         try:
             resolve_pairing(self.pairing)
         except (RegistryError, ValueError) as e:
@@ -140,6 +149,12 @@ class ExperimentConfig:
         (`reads`), with the pairing as its resolved pairs (`granalign` = `qs-Ca+qd-Cq`)."""
         d = {k: v for k, v in self.to_dict().items() if k in self.reads()}
         d["pairing"] = [list(p) for p in self.pairs()]
+        # the backend that runs (None resolved), and none named for torch: the hashes of
+        # configs written before backends existed stay what they were
+        backend = resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend)
+        d.pop("embedder_backend", None)
+        if backend != TORCH:
+            d["embedder_backend"] = backend
         return sha256_hex(canonical_json(d))[:16]
 
     def replace(self, **overrides: Any) -> ExperimentConfig:
@@ -190,6 +205,7 @@ _CHOICES: dict[str, Any] = {
     "proposals_from": lambda: PROPOSAL_SOURCES,
     "cq_fallback": lambda: CQ_FALLBACKS,
     "embedder_dtype": lambda: DTYPES,
+    "embedder_backend": lambda: (None, *BACKENDS),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
+from harness.cache.embed_backends import TORCH, ExportedEncoder, backend_suffix, check_backend, ensure_export
 from harness.cache.model_assets import mpnet_folder
 from harness.cache.producers import query_item, video_item, video_query_item
 from harness.cache.store import Cache, Producer
@@ -89,10 +90,15 @@ class SentenceTransformerEmbedder:
     machines with no network. Weights load on the first `encode`, not in the constructor,
     so a fully cached `embed_dataset` is instant. `dtype` other than float32 (bfloat16:
     about twice as fast on a CPU with AVX512-BF16) is part of the model id, so its
-    embeddings never mix with full-precision ones in the cache.
+    embeddings never mix with full-precision ones in the cache. `backend` runs the same
+    model exported to ONNX Runtime or OpenVINO (`harness.cache.embed_backends`); it too is
+    part of the model id. None is the embedder's `default_backend`, which is torch unless a
+    faster backend moved the val metrics of the reference configs by at most 0.1
+    (benchmarks/bench_embed.py measures it).
     """
 
     hub_id = MINILM_ID
+    default_backend = TORCH
 
     def __init__(
         self,
@@ -102,16 +108,30 @@ class SentenceTransformerEmbedder:
         revision: str | None = None,
         model_id: str | None = None,
         dtype: str = "float32",
+        backend: str | None = None,
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"embedder dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        self.backend = self._backend_of(dtype, backend)
         self.model = model
         self.device = device
         self.batch_size = int(batch_size)
         self.revision = revision
         self.dtype = dtype
-        self.model_id = model_id or self.resolve_model_id(model=model, revision=revision, dtype=dtype)
+        self.model_id = model_id or self.resolve_model_id(
+            model=model, revision=revision, dtype=dtype, backend=self.backend)
         self._st: Any = None
+        self._exported: ExportedEncoder | None = None
+
+    @classmethod
+    def _backend_of(cls, dtype: str, backend: str | None) -> str:
+        """The backend to run (None: the embedder's default), checked against `dtype`."""
+        if dtype not in DTYPES:
+            raise ValueError(f"embedder dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        backend = backend or (cls.default_backend if dtype == "float32" else TORCH)
+        backend_suffix(backend)  # an unknown name raises here
+        if backend != TORCH and dtype != "float32":
+            raise ValueError(f"embedder backend {backend!r} runs float32 weights (its own int8 "
+                             f"where it quantises), not dtype {dtype!r}")
+        return backend
 
     @classmethod
     def default_path(cls, create: bool = True) -> Path:
@@ -125,12 +145,13 @@ class SentenceTransformerEmbedder:
     @classmethod
     def resolve_model_id(
         cls, model: str | None = None, revision: str | None = None, model_id: str | None = None,
-        dtype: str = "float32", **_: Any,
+        dtype: str = "float32", backend: str | None = None, **_: Any,
     ) -> str:
         """The cache-key name of the model, computed without loading it."""
         if model_id:
             return model_id
-        suffix = "" if dtype == "float32" else f"#{dtype}"
+        backend = cls._backend_of(dtype, backend)
+        suffix = ("" if dtype == "float32" else f"#{dtype}") + backend_suffix(backend)
         if cls._is_default(model, revision):
             return cls.hub_id + suffix
         assert model is not None
@@ -142,7 +163,19 @@ class SentenceTransformerEmbedder:
         return (f"{model}@{revision}" if revision else model) + suffix
 
     def load(self) -> Any:
-        """The SentenceTransformer, loaded once (torch is imported here, not at import)."""
+        """The model, loaded once: the SentenceTransformer (torch is imported here, not at
+        import), or for another backend its export, made on first use from that model."""
+        if self.backend != TORCH:
+            if self._exported is None:
+                check_backend(self.backend)
+                base_id = self.resolve_model_id(model=self.model, revision=self.revision, backend=TORCH)
+                folder = ensure_export(self.backend, base_id, self._load_torch)
+                self._exported = ExportedEncoder(folder, self.backend, batch_size=self.batch_size)
+                self.device = "cpu"
+            return self._exported
+        return self._load_torch()
+
+    def _load_torch(self) -> Any:
         if self._st is None:
             path = str(self.default_path()) if self._is_default(self.model, self.revision) else str(self.model)
             local = Path(path).expanduser().is_dir()
@@ -162,11 +195,14 @@ class SentenceTransformerEmbedder:
 
     @property
     def loaded(self) -> bool:
-        return self._st is not None
+        return self._st is not None or self._exported is not None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 `(len(texts), dim)`, rows L2-normalised (cosine = dot product)."""
         texts = list(texts)
+        if self.backend != TORCH:
+            exported = self.load()
+            return l2_normalise(exported.encode(texts))
         st = self.load()
         if not texts:
             return np.zeros((0, _st_dim(st)), dtype=np.float32)
@@ -225,6 +261,15 @@ def embedder_model_id(name_or_spec: str | Mapping[str, Any] = DEFAULT_EMBEDDER) 
     """
     name, kwargs = _split_spec(name_or_spec)
     return str(EMBEDDERS.get(name).resolve_model_id(**kwargs))
+
+
+def resolve_backend(embedder: str, dtype: str = "float32", backend: str | None = None) -> str:
+    """The backend an embedder runs for (`dtype`, `backend`): None is its default backend.
+
+    Raises ValueError for a backend with a dtype it cannot run (bfloat16 ONNX, ...).
+    """
+    of = getattr(EMBEDDERS.get(embedder), "_backend_of", None)
+    return str(of(dtype, backend)) if of else (backend or TORCH)
 
 
 def build_embedder(name_or_spec: str | Mapping[str, Any] = DEFAULT_EMBEDDER, **overrides: Any) -> Any:
