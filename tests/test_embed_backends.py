@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 
 from harness.cache import embed_backends
-from harness.cache.embed_backends import BACKENDS, TORCH, ExportedEncoder, calibration_texts, export_folder
+from harness.cache.embed_backends import (
+    BACKENDS,
+    TORCH,
+    ExportedEncoder,
+    calibration_texts,
+    export_folder,
+)
 from harness.cache.embedders import MINILM_ID, MPNET_ID, build_embedder, embedder_model_id
 from harness.cache.model_assets import MODELS_ENV, STAMP, build_folder_once
 from harness.cache.store import Cache

@@ -20,7 +20,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from harness.cache.embed_backends import TORCH, ExportedEncoder, backend_suffix, check_backend, ensure_export
+from harness.cache.embed_backends import (
+    TORCH,
+    ExportedEncoder,
+    backend_suffix,
+    check_backend,
+    ensure_export,
+)
 from harness.cache.model_assets import mpnet_folder
 from harness.cache.producers import query_item, video_item, video_query_item
 from harness.cache.store import Cache, Producer
