@@ -104,7 +104,7 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"key {key!r} = {value!r} is not valid; valid: {', '.join(map(str, choices()))}")
         try:
-            resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend)
+            resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend, self.embedder_model)
         except ValueError as e:
             raise ConfigError(f"keys 'embedder_dtype', 'embedder_backend': {e}") from None
         try:
@@ -151,7 +151,7 @@ class ExperimentConfig:
         d["pairing"] = [list(p) for p in self.pairs()]
         # the backend that runs (None resolved), and none named for torch: the hashes of
         # configs written before backends existed stay what they were
-        backend = resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend)
+        backend = resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend, self.embedder_model)
         d.pop("embedder_backend", None)
         if backend != TORCH:
             d["embedder_backend"] = backend

@@ -48,7 +48,8 @@ from harness.core.errors import HarnessError
 
 TORCH = "torch"
 BACKENDS = (TORCH, "onnx", "onnx-int8", "openvino", "openvino-int8")
-# import name -> PyPI distribution, per backend (the `fast-embed` extra installs them all)
+# import name -> PyPI distribution, per backend (onnx and onnxruntime are dependencies of the
+# harness; the `fast-embed` extra adds openvino and nncf)
 BACKEND_PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "onnx": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
     "onnx-int8": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
@@ -71,8 +72,8 @@ def check_backend(backend: str) -> None:
     missing = [dist for mod, dist in BACKEND_PACKAGES.get(backend, ()) if importlib.util.find_spec(mod) is None]
     if missing:
         raise BackendUnavailable(
-            f"embedder backend {backend!r} needs {', '.join(missing)}: "
-            "pip install 'granalign-harness[fast-embed]' (or --backend torch)")
+            f"embedder backend {backend!r} needs {', '.join(missing)}: pip install {' '.join(missing)} "
+            "(pip install 'granalign-harness[fast-embed]' has every backend's), or use --backend torch")
 
 
 def backend_suffix(backend: str) -> str:
