@@ -6,8 +6,9 @@
 Runs `make TARGET` twice with `GRANALIGN_CACHE` set to `--cache` (which must not exist: the
 first run is cold), the virtualenv already built (`--venv`, default .venv; make is told not
 to reinstall it). Every `granalign` command the target runs goes through this script's
-`--step` mode, which times it; the figures printed are the wall time of each step and of
-the whole target, cold and warm, with the load average (the machine may be shared).
+`--step` mode, which times it; the figures printed are the wall time and CPU seconds of
+each step and the wall time of the whole target, cold and warm, with the load average (on
+a shared machine the CPU seconds are the steadier figure).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -28,10 +30,14 @@ def step(log: Path, command: list[str]) -> int:
     """Run one granalign command and append its wall time to `log` (JSON lines)."""
     t0 = time.perf_counter()
     rc = subprocess.call(command)
+    wall = time.perf_counter() - t0
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     args = command[1:]
     name = " ".join(a for a in args[:4] if not a.startswith("/"))
+    row = {"step": name, "args": args, "seconds": wall, "cpu_seconds": used.ru_utime + used.ru_stime,
+           "load": _load(), "rc": rc}
     with open(log, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": name, "args": args, "seconds": time.perf_counter() - t0, "rc": rc}) + "\n")
+        f.write(json.dumps(row) + "\n")
     return rc
 
 
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         totals[run] = time.perf_counter() - t0
         print(f"== {run}: make {args.target} exited {rc} after {totals[run]:.1f} s (load average {_load()})")
         for row in (json.loads(line) for line in log.read_text().splitlines()) if log.exists() else ():
-            print(f"   {row['seconds']:8.1f} s  granalign {row['step']}")
+            print(f"   {row['seconds']:8.1f} s  {row.get('cpu_seconds', float('nan')):8.1f} CPU-s  "
+                  f"granalign {row['step']}  (load average {row.get('load', '?')})")
         if rc:
             return rc
     print(json.dumps({"target": args.target, "seconds": {k: round(v, 1) for k, v in totals.items()}}))
