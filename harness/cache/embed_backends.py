@@ -105,8 +105,6 @@ def calibration_texts() -> tuple[str, ...]:
     Synthetic and shipped with the harness, so the quantised model is the same on every
     machine whatever its data root holds, and no benchmark text calibrates its own model.
     """
-    import numpy as np
-
     from harness.data import demo
 
     rng = np.random.default_rng(demo.SEED + 2)
