@@ -137,7 +137,7 @@ class SentenceTransformerEmbedder:
         own float32 model (what was measured), torch for any other model or dtype."""
         if dtype not in DTYPES:
             raise ValueError(f"embedder dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        measured = dtype == "float32" and cls._is_default(model, revision)
+        measured = dtype == "float32" and cls._names_default(model, revision)
         backend = backend or (cls.default_backend if measured else TORCH)
         backend_suffix(backend)  # an unknown name raises here
         if backend != TORCH and dtype != "float32":
@@ -153,6 +153,14 @@ class SentenceTransformerEmbedder:
     @classmethod
     def _is_default(cls, model: str | None, revision: str | None) -> bool:
         return model is None or (model == cls.hub_id and not revision)
+
+    @classmethod
+    def _names_default(cls, model: str | None, revision: str | None) -> bool:
+        """`model` is the default model: None, its hub id, or the offline copy's folder."""
+        if cls._is_default(model, revision):
+            return True
+        path = Path(str(model)).expanduser()
+        return path.is_dir() and path.resolve() == cls.default_path(create=False).resolve()
 
     @classmethod
     def resolve_model_id(
