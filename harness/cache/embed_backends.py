@@ -45,6 +45,7 @@ import numpy as np
 
 from harness.cache.model_assets import build_folder_once, models_dir
 from harness.core.errors import HarnessError
+from harness.data import demo
 
 TORCH = "torch"
 BACKENDS = (TORCH, "onnx", "onnx-int8", "openvino", "openvino-int8")
@@ -105,7 +106,6 @@ def calibration_texts() -> tuple[str, ...]:
     Synthetic and shipped with the harness, so the quantised model is the same on every
     machine whatever its data root holds, and no benchmark text calibrates its own model.
     """
-    from harness.data import demo
 
     rng = np.random.default_rng(demo.SEED + 2)
     videos, queries = demo.demo_world()
@@ -150,11 +150,11 @@ def ensure_export(backend: str, base_model_id: str, load_st: Callable[[], Any]) 
 
 def _export(backend: str, base_model_id: str, st: Any, out: Path) -> None:
     """Write `backend`'s model, the tokenizer and `META` into the empty folder `out`."""
-    import torch
+    import torch  # lazy: heavy optional (torch), only to make an export
 
     tok = st.tokenizer
     max_len = int(st.max_seq_length)
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # lazy: loaded with the model, not at import
 
     # a copy of the `tokenizers` object the fast tokenizer wraps, set as the runtime uses it
     fast = Tokenizer.from_str(tok.backend_tokenizer.to_str())
@@ -187,18 +187,18 @@ def _export(backend: str, base_model_id: str, st: Any, out: Path) -> None:
         )
     files = ["model.onnx"]
     if backend == "onnx-int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: heavy optional
 
         quantize_dynamic(str(onnx_path), str(out / "model_int8.onnx"), weight_type=QuantType.QInt8,
                          per_channel=True, op_types_to_quantize=["MatMul"])
         onnx_path.unlink()
         files = ["model_int8.onnx"]
     elif backend.startswith("openvino"):
-        import openvino as ov
+        import openvino as ov  # lazy: optional (fast-embed extra)
 
         model = ov.convert_model(str(onnx_path))
         if backend == "openvino-int8":
-            import nncf
+            import nncf  # lazy: optional (fast-embed extra), heavy (scipy, sklearn)
 
             texts = calibration_texts()
             batches = [_pad([fast.encode(text)], int(tok.pad_token_id or 0)) for text in texts]
@@ -239,7 +239,7 @@ class ExportedEncoder:
 
     def __init__(self, folder: Path, backend: str, batch_size: int = 64, threads: int | None = None) -> None:
         check_backend(backend)
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # lazy: loaded with the model, not at import
 
         self.folder = folder
         self.backend = backend
@@ -253,7 +253,7 @@ class ExportedEncoder:
         self._run = self._ort() if backend.startswith("onnx") else self._openvino()
 
     def _ort(self) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: heavy optional (ONNX Runtime)
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
@@ -264,7 +264,7 @@ class ExportedEncoder:
         return lambda feed: sess.run(None, feed)[0]
 
     def _openvino(self) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-        import openvino as ov
+        import openvino as ov  # lazy: optional (fast-embed extra)
 
         compiled = ov.Core().compile_model(
             str(self.folder / "openvino_model.xml"), "CPU",
