@@ -12,12 +12,11 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from harness.cache.backbones import backbone
 from harness.cache.store import Producer
 from harness.core.constants import FPS, K_MAX, M_MAX
 from harness.core.query import Query
+from harness.core.yaml_io import parse_yaml
 
 DEFAULT_REWRITER_MODEL = "meta-llama/Meta-Llama-3-8B-Instruct"
 DEFAULT_FRAME_FILTER = "clip-vit-b32"
@@ -32,7 +31,7 @@ PARAPHRASE_MODEL = "Baichuan2-13B (VTG-GPT release)"
 @cache
 def _yaml(name: str) -> dict[str, Any]:
     text = resources.files("harness.prompts").joinpath(name).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return parse_yaml(text, f"harness/prompts/{name}")  # the one YAML loader
 
 
 def instruction_pairs() -> dict[int, dict[str, str]]:

@@ -9,12 +9,14 @@ as one line, `granalign: error: ...`, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from harness import __version__
 from harness.cli import cache, ls, run, study
-from harness.core.errors import user_message
+from harness.core.errors import HarnessError, user_message
+from harness.core.processes import Terminated, exit_status, signals_handled
 
 COMMAND_MODULES = (cache, run, study, ls)
 
@@ -36,19 +38,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Every anticipated error (bad input, a full or read-only disk, a damaged database)
-    leaves here as one line and exit status 2; an interrupt as status 130; anything else is
-    a bug and keeps its traceback."""
+    """Every anticipated error (bad input, a full or read-only disk, a damaged database, a
+    server that does not answer) leaves here as one line and exit status 2; Ctrl-C as
+    status 130 and SIGTERM as 143, after the command's cleanup (worker processes stopped:
+    `harness.core.processes`); anything else is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with signals_handled():
+        try:
+            _check_working_folder()
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()
+            return code
+        except (KeyboardInterrupt, Terminated) as e:
+            what = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+            print(f"granalign: {what}; what was finished is kept, a rerun resumes", file=sys.stderr)
+            return exit_status(e)
+        except Exception as e:
+            message = user_message(_name_stdout(e))
+            if message is None:
+                raise
+            print(f"granalign: error: {message}", file=sys.stderr)
+            return 2
+
+
+def _check_working_folder() -> None:
+    """Relative paths (the default stores, runs/) need a working folder that still exists."""
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("granalign: interrupted; what was finished is kept, a rerun resumes", file=sys.stderr)
-        return 130
-    except Exception as e:
-        message = user_message(e)
-        if message is None:
-            raise
-        print(f"granalign: error: {message}", file=sys.stderr)
-        return 2
+        os.getcwd()
+    except FileNotFoundError:
+        raise HarnessError("the current folder no longer exists (deleted after the shell entered it); "
+                           "cd to an existing folder and run again") from None
+
+
+def _name_stdout(e: Exception) -> Exception:
+    """A write error without a file name raised while printing is standard output's (a full
+    disk under `> file`, a closed pipe): say so."""
+    if isinstance(e, OSError) and e.filename is None and _stdout_failed():
+        # what stays buffered would fail again at exit, with a second message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OSError(e.errno, e.strerror or str(e), "standard output")
+    return e
+
+
+def _stdout_failed() -> bool:
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False

@@ -8,16 +8,21 @@ file.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+from harness.core.processes import pid_alive
 
 
 def canonical_json(obj: Any) -> str:
@@ -91,14 +96,16 @@ def replace_folder(new: Path, dest: Path) -> None:
     """Put the complete folder `new` at `dest`: a reader, or a crash, sees the old folder or
     the new one, never neither. An existing `dest` is swapped with `new` in one atomic
     step (Linux renameat2), then removed; where that is not available it is moved aside,
-    and moved back if the second rename fails."""
+    and moved back if the second rename fails. A `dest` that is a symlink is followed (the
+    folder it names is replaced, the link stays)."""
+    dest = follow_link(dest)
     if not dest.exists():
         os.replace(new, dest)
         return
     if _exchange(new, dest):
         shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old folder
         return
-    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name), suffix=".old"))
     os.replace(dest, old / "folder")
     try:
         os.replace(new, dest)
@@ -109,18 +116,76 @@ def replace_folder(new: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# -- temp names, and the temp files a killed process left --------------------------------------
+STALE_LEGACY_SECONDS = 3600.0  # a temp name without a process id is someone's after this long
+
+
+def temp_prefix(name: str) -> str:
+    """`.<name>.<pid>-`: the temp file or folder a process writes `name` through carries its
+    process id, so the next writer can tell one a killed process left from one in use."""
+    return f".{name}.{os.getpid()}-"
+
+
+def remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Remove the temp files and folders (`.<name>.<pid>-*.tmp|.old`) that a killed process
+    left beside `folder/name`: those whose process is gone (and nameless older ones, made
+    before temp names carried a process id, after an hour). The paths removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in folder.glob(f".{glob_escape(name)}.*"):
+            rest = p.name[len(name) + 2:]
+            if not rest.endswith((".tmp", ".old")):
+                continue
+            pid_text, dash, _ = rest.partition("-")
+            if dash and pid_text.isdigit():
+                stale = not pid_alive(int(pid_text))
+            else:
+                try:
+                    stale = time.time() - p.lstat().st_mtime > STALE_LEGACY_SECONDS
+                except OSError:
+                    continue
+            if not stale:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            removed.append(p)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def follow_link(path: Path) -> Path:
+    """`path`, or the path its symlink names (a chain followed to its end): writing through
+    a link writes where it points instead of replacing the link."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename: readers see all or nothing.
-    The file gets the permissions the umask gives any new file."""
+    The file gets the permissions the umask gives any new file. A symlink is followed; a
+    write error names `path` (never the temp file); temp files of killed writers of the same
+    name are removed."""
+    path = follow_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path.parent, path.name)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 

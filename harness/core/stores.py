@@ -4,7 +4,9 @@ and the file lock that serialises schema creation between processes.
 
 A store given by URL is checked here, at the edge, so that a typo (`sqllite:///x.db`, a
 folder that does not exist) or a damaged file is one line naming it, before any other
-store has been touched.
+store has been touched. Every call into a store goes through `store_call`: the one retry
+policy for a server that does not answer (said on stderr, bounded in time), and a full
+disk, a read-only file or an I/O error named with the store's file or URL.
 """
 
 from __future__ import annotations
@@ -12,29 +14,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
-from harness.core.errors import ConfigError, HarnessError
+from harness.core.errors import (
+    ConfigError,
+    HarnessError,
+    StoreError,
+    redact,
+    shorten,
+    store_failure,
+    unreachable,
+)
+
+T = TypeVar("T")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
 MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-
-
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@\s]*@")
-_QUERY_PASSWORD = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """`text` with every URL password masked (`scheme://user:***@host`, `?password=***`)."""
-    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
-
-
-class StoreError(HarnessError):
-    """A database that cannot be used as it is: damaged, not SQLite, unreadable."""
 
 
 def url_scheme(url: str) -> str:
@@ -123,3 +124,57 @@ def thread_lock() -> threading.RLock:
     """The process-wide lock `file_lock` holds (for locks on other RDBs)."""
     return _THREAD_LOCK
 
+
+
+# -- calls into a store: the one retry policy, errors that name the store -------------------------
+RETRY_ENV = "GRANALIGN_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 60.0  # how long a remote store that does not answer is waited for, in all
+FIRST_WAIT = 1.0  # seconds before the first retry; doubled after each, at most MAX_WAIT
+MAX_WAIT = 15.0
+
+
+def retry_seconds() -> float:
+    """The time budget of retries (`$GRANALIGN_RETRY_SECONDS`, default 60 s; 0: no retry)."""
+    text = os.environ.get(RETRY_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        raise ConfigError(f"${RETRY_ENV} = {text!r}: expected a number of seconds >= 0") from None
+    if not value >= 0:
+        raise ConfigError(f"${RETRY_ENV} = {text!r}: expected a number of seconds >= 0")
+    return value
+
+
+def store_name(url: str) -> str:
+    """How a message names a store: its SQLite file, else its URL without the password."""
+    db = sqlite_path(url)
+    return str(db) if db is not None else redact(url)
+
+
+def store_call(what: str, url: str, call: Callable[[], T]) -> T:
+    """`call()` on the store `what` at `url`. A server that does not answer is retried with
+    backoff, each retry said in one line on stderr, until `retry_seconds()` have passed;
+    then, as for a full disk, a read-only database or an I/O error, one StoreError naming
+    the store and what happened. Any other error is the caller's."""
+    budget = retry_seconds()
+    deadline = time.monotonic() + budget
+    wait, attempt = FIRST_WAIT, 1
+    while True:
+        try:
+            return call()
+        except HarnessError:
+            raise
+        except Exception as e:
+            reason = store_failure(e)
+            if reason is None:
+                raise
+            left = deadline - time.monotonic()
+            if not unreachable(e) or sqlite_path(url) is not None or left <= 0:
+                tried = f" after {attempt} attempts in {budget:.0f} s" if attempt > 1 else ""
+                raise StoreError(f"{store_name(url)}: the {what} cannot be used{tried}: {reason}") from None
+            pause = min(wait, left)
+            print(f"granalign: the {what} at {redact(url)} does not answer ({shorten(reason, 120)}); "
+                  f"retrying in {pause:.0f} s (attempt {attempt + 1}, giving up {left:.0f} s from now; "
+                  f"${RETRY_ENV} sets how long)", file=sys.stderr, flush=True)
+            time.sleep(pause)
+            wait, attempt = min(wait * 2, MAX_WAIT), attempt + 1

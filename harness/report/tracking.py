@@ -11,9 +11,9 @@ and `evaluator_key` reads it back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import multiprocessing
 import os
 import queue
 import re
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.io import canonical_json, sha256_hex
+from harness.core.processes import Children
 from harness.core.provenance import git_commit, package_versions
 from harness.core.stores import (
     MLFLOW_SCHEMES,
@@ -38,6 +39,7 @@ from harness.core.stores import (
     lock_beside,
     redact,
     sqlite_path,
+    store_call,
 )
 from harness.data.spec import dataset_spec
 
@@ -126,9 +128,6 @@ class Tracker:
                  sink: Any = None, create: bool = True) -> None:
         """`create=False`: only read what is there; a store or experiment that does not exist
         is a LookupError, and nothing is created."""
-        os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-        from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow, 2 s)
-
         self.uri = check_tracking_uri(uri, must_exist=not create)
         db = sqlite_path(self.uri)
         if db is not None and not create:  # a reader must not make MLflow's schema in another file
@@ -143,7 +142,7 @@ class Tracker:
         # doing it at once fail on `_alembic_tmp_experiments`, so it happens under a lock
         with file_lock(lock_beside(db) if create else None):  # a reader creates no lock file
             try:
-                self.client = MlflowClient(self.uri)
+                self.client = mlflow_client(self.uri)
                 exp = self.client.get_experiment_by_name(experiment)
             except Exception as e:
                 if type(e).__name__ in ("DatabaseError", "OperationalError", "MlflowException"):
@@ -321,6 +320,42 @@ class Tracker:
         )
 
 
+class _Client:
+    """An MlflowClient whose every call goes through `store_call`: a server that does not
+    answer is retried visibly for a bounded time, and a full disk, a read-only store or an
+    unreachable server is one StoreError naming the store, never MLflow's chained
+    tracebacks."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow, 2 s)
+
+        self._uri = uri
+        self._client = store_call(STORE, uri, lambda: MlflowClient(uri))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return store_call(STORE, self._uri, lambda: attr(*args, **kwargs))
+
+        return call
+
+
+STORE = "MLflow tracking store"
+
+
+def mlflow_client(uri: str) -> Any:
+    """The client every MLflow call of the harness goes through (see `_Client`). MLflow's
+    own HTTP retries (7, with a backoff of minutes, silent) are turned off unless the user
+    set them: `store_call` is the one retry policy."""
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    return _Client(uri)
+
+
 def _log_buffered(client: Any, run_id: str, pending: _Pending) -> None:
     """A run's buffered params, metrics and tags in as few `log_batch` calls as MLflow's
     limits allow (100 params, 1000 metrics, 100 tags a batch; 900 metrics kept under)."""
@@ -351,12 +386,12 @@ def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, s
 
 def _write_runs(uri: str, sink: Any) -> None:
     """The RunWriter's process: write every run sent until the end marker (None)."""
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow)
-
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     while (message := sink.get()) is not None:
         _send_run(client, *message)
+
+
+WRITER_DRAIN_SECONDS = 15.0  # after an interrupt: time the writer gets to write what is queued
 
 
 class RunWriter:
@@ -365,20 +400,39 @@ class RunWriter:
     Writing a run to MLflow's SQLite store costs about 30 ms of Python; on the workers' own
     thread that is more than a trial. The writer runs on another core; workers hand it each
     finished run through a queue (`Tracker(sink=writer.queue)`); `close` waits until all
-    are written. Runs a worker sent before it died are written too."""
+    are written. Runs a worker sent before it died are written too. It is a child of the
+    command (`harness.core.processes`): Ctrl-C does not reach it; after an interrupt it gets
+    `WRITER_DRAIN_SECONDS` to write what is queued and is then stopped (a rerun writes the
+    runs of finished trials it did not reach)."""
 
     def __init__(self, uri: str | None) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.queue = ctx.Queue()
-        self.process = ctx.Process(target=_write_runs, args=(tracking_uri(uri), self.queue),
-                                   name="mlflow-writer")
-        self.process.start()
+        self.children = Children()
+        self.queue = self.children.ctx.Queue()
+        self.process = self.children.start(_write_runs, (tracking_uri(uri), self.queue), name="mlflow-writer")
 
     def close(self) -> None:
+        """Wait until every queued run is written; an error of the writer is raised here."""
         self.queue.put(None)
-        self.process.join()
+        try:
+            self.children.wait()
+        finally:
+            self._release()
         if self.process.exitcode:
             raise RuntimeError(f"the MLflow writer process exited with {self.process.exitcode}")
+
+    def abort(self, seconds: float = WRITER_DRAIN_SECONDS) -> None:
+        """After an interrupt or an error: let the writer write what is queued for at most
+        `seconds`, then stop it. Raises nothing (the first error is the one to report)."""
+        with contextlib.suppress(BaseException):
+            self.queue.put(None)
+            if not self.children.join(self.process, seconds):
+                self.children.stop()
+        self._release()
+
+    def _release(self) -> None:
+        # a queue whose reader is gone would block this process's exit on its feeder thread
+        self.queue.cancel_join_thread()
+        self.queue.close()
 
 
 def command_line() -> str:

@@ -21,7 +21,6 @@ host) or whose heartbeat is older than `GRACE_PERIOD` (any host) is failed with
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import socket
 import sqlite3
@@ -37,7 +36,9 @@ import sqlalchemy  # a dependency of optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.core.errors import store_failure
 from harness.core.io import sha256_hex
+from harness.core.processes import Children, pid_alive
 from harness.core.results import Failed
 from harness.core.stores import (
     OPTUNA_SCHEMES,
@@ -47,6 +48,8 @@ from harness.core.stores import (
     lock_beside,
     redact,
     sqlite_path,
+    store_call,
+    store_name,
     thread_lock,
 )
 
@@ -100,17 +103,39 @@ def study_lock(url: str, study: str) -> Iterator[None]:
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDBStorage for `url`. A fresh SQLite database's schema is created under the
-    file lock: two processes creating it at once fail on `alembic_version`."""
+    file lock: two processes creating it at once fail on `alembic_version`. A server that
+    does not answer is retried (`store_call`, bounded and said); a full disk, a read-only
+    file or an I/O error in any later call is one StoreError naming the database."""
     db = sqlite_path(url)
     kwargs: dict[str, Any] = {}
     if db is not None:
         kwargs["engine_kwargs"] = {"creator": _sqlite_connector(db)}
+    elif url.startswith("postgresql"):  # an unroutable host: fail in seconds, not minutes
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}}
     with file_lock(lock_beside(db)):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            storage = store_call(STORE, url, lambda: optuna.storages.RDBStorage(url, **kwargs))
         except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError) as e:
             raise StoreError(f"{db or redact(url)}: the Optuna storage cannot be opened "
                              f"({getattr(e, 'orig', None) or e})") from None
+    sqlalchemy.event.listen(storage.engine, "handle_error", _name_the_store(url))
+    return storage
+
+
+STORE = "Optuna storage"
+
+
+def _name_the_store(url: str) -> Callable[[Any], None]:
+    """A SQLAlchemy `handle_error` hook: an error that means a full disk, a read-only file,
+    an I/O error or a lost server is raised as one StoreError naming the database (Optuna
+    would wrap it in 'invalid data in the commit' with six chained tracebacks)."""
+
+    def hook(context: Any) -> None:
+        reason = store_failure(context.original_exception)
+        if reason is not None:
+            raise StoreError(f"{store_name(url)}: the {STORE} cannot be used: {reason}")
+
+    return hook
 
 
 def _sqlite_connector(db: Path) -> Callable[[], sqlite3.Connection]:
@@ -129,19 +154,6 @@ def _sqlite_connector(db: Path) -> Callable[[], sqlite3.Connection]:
 
 
 # -- workers and heartbeats ----------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not waited for yet is a zombie: dead
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def worker_of(t: FrozenTrial) -> dict[str, Any]:
     """The worker attribute of a trial, if it is this trial's own (a retry inherits the
     failed trial's user attributes; `trial` tells them apart)."""
@@ -155,7 +167,7 @@ def worker_gone(t: FrozenTrial, now: float | None = None) -> str:
     if not w:  # created but not yet claimed: the creator sets the attribute under the lock
         return ""
     if w.get("host") == socket.gethostname() and isinstance(w.get("pid"), int):
-        return "" if _pid_alive(w["pid"]) else f"worker process {w['pid']} died"
+        return "" if pid_alive(w["pid"]) else f"worker process {w['pid']} died"
     beat = float(w.get("beat", 0.0))
     if (now or time.time()) - beat > GRACE_PERIOD:
         return f"no heartbeat from {w.get('host')}:{w.get('pid')} for {GRACE_PERIOD:.0f} s"
@@ -229,16 +241,21 @@ def count(study: optuna.Study, *states: TrialState) -> int:
 
 
 # -- worker processes ------------------------------------------------------------------------------
+MAX_WORKERS = 32  # worker processes of one command (each is a ~280 MB process)
+
+
 def run_workers(target: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]) -> list[int]:
-    """Run `target(*job)` in one new process per job (spawned: no state inherited, nothing on
-    the command line) and wait for all; their exit codes."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=target, args=job, daemon=False) for job in jobs]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    return [int(p.exitcode or 0) for p in procs]
+    """Run `target(*job)` in one new process per job and wait for all; their exit codes.
+
+    The workers are children of the command (`harness.core.processes`): spawned (no state
+    inherited, nothing on the command line), deaf to Ctrl-C, stopped by this process when
+    it is interrupted or terminated, dead with it if it is killed. A worker that stops on an
+    anticipated error (a full disk, a sweep whose every trial fails) raises its one line
+    here."""
+    with Children() as children:
+        for k, job in enumerate(jobs):
+            children.start(target, job, name=f"worker-{k}")
+        return children.wait()
 
 
 def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str) -> int:

@@ -27,7 +27,15 @@ from harness.cache.store import Cache
 from harness.config.experiment import ExperimentConfig
 from harness.config.settings import Settings
 from harness.core.errors import HarnessError
-from harness.core.io import atomic_write_text, folder_mode, json_safe, replace_folder
+from harness.core.io import (
+    atomic_write_text,
+    folder_mode,
+    follow_link,
+    json_safe,
+    remove_stale_temps,
+    replace_folder,
+    temp_prefix,
+)
 from harness.core.provenance import git_commit, package_versions
 from harness.core.query import Dataset
 from harness.core.registries import REWRITERS
@@ -215,9 +223,24 @@ def run_config(
 RUN_FILES = ("predictions.jsonl", "metrics.json", "config.yaml", "run_info.json")
 
 
+def run_folder(out: Path) -> Path:
+    """Where the run folder `out` really is: a symlink to a folder is followed (the run
+    replaces the folder it names; the link stays); a link to nothing or to a file is refused."""
+    if not out.is_symlink():
+        return out
+    target = follow_link(out)
+    if not target.exists():
+        raise HarnessError(f"{out}: a symlink to {target}, which does not exist; --out names the run's "
+                           "folder (create the target, or give another path)")
+    if not target.is_dir():
+        raise HarnessError(f"{out}: a symlink to {target}, which is not a folder; --out names the run's folder")
+    return target
+
+
 def check_run_folder(out: Path) -> None:
     """`out` is new, or an earlier run folder (which a rerun replaces): never a file, nor a
     folder that holds anything else, which replacing it would delete."""
+    out = run_folder(out)
     if not out.exists():
         return
     if not out.is_dir():
@@ -237,12 +260,21 @@ def write_outputs(
     """The run folder, complete or not at all: predictions (and the server's file), metrics
     when evaluated, config, info are written into a temp folder beside it, which is renamed
     into place (a full disk or a kill leaves no half-written run folder; the previous run
-    folder of the same name stays until the new one is complete). Metrics that are not
-    numbers (an empty split's NaN, as the official code gives) are written as null: strict
-    JSON readers refuse NaN."""
+    folder of the same name stays until the new one is complete, and the temp folder a
+    killed run left is removed by the next). Metrics that are not numbers (an empty split's
+    NaN, as the official code gives) are written as null: strict JSON readers refuse NaN.
+    An error names the run folder, not the temp folder."""
     check_run_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    out = run_folder(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out.parent)) from None
+    remove_stale_temps(out.parent, out.name)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out.name), suffix=".tmp"))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out)) from None
     try:
         os.chmod(tmp, folder_mode())  # mkdtemp makes it 0o700
         text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -254,6 +286,8 @@ def write_outputs(
         atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
         atomic_write_text(tmp / "run_info.json", json.dumps(json_safe(info), indent=2, allow_nan=False) + "\n")
         replace_folder(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is not None and str(tmp) in str(e.filename):
+            raise OSError(e.errno, e.strerror, str(e.filename).replace(str(tmp), str(out))) from None
         raise
