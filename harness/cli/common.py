@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from harness.cache.store import default_cache_dir
 
@@ -47,3 +48,30 @@ def nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
     return value
+
+
+def bounded_int(high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to `high` (a documented upper bound)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def seconds(high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds > 0 and at most `high`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        if not 0 < value <= high:
+            raise argparse.ArgumentTypeError(f"expected seconds > 0 and at most {high:g}, got {text}")
+        return value
+
+    return parse

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import open_cache
-from harness.cli.common import add_cache_arg, add_substitute_arg, nonnegative_int, positive_int
+from harness.cli.common import add_cache_arg, add_substitute_arg, bounded_int, nonnegative_int, positive_int
 from harness.config import load_config, parse_override
 from harness.core.errors import DataError
 from harness.core.io import json_safe
 from harness.core.results import MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
-from harness.eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, compare, intervals
+from harness.eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, MAX_RESAMPLES, compare, intervals
 from harness.eval.predictions import load_predictions
 from harness.eval.protocols import PerQuery, brief, protocol_of
 from harness.method.substitutions import parse_substitutions
@@ -134,7 +134,8 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--pred", required=True, help="predictions in the official QVHighlights jsonl format")
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.add_argument("--ci", action="store_true", help="95 %% bootstrap intervals of the brief metrics")
-    p.add_argument("--resamples", type=positive_int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (1000)")
+    p.add_argument("--resamples", type=bounded_int(MAX_RESAMPLES), default=DEFAULT_RESAMPLES,
+                   help=f"bootstrap resamples (1000; at most {MAX_RESAMPLES})")
     p.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED, help="resampling seed (0)")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default: $GRANALIGN_DATA)")
     p.set_defaults(func=cmd_eval)
@@ -143,7 +144,8 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     p.add_argument("--dataset", required=True, help="registered split, e.g. qvhighlights:val")
     p.add_argument("a", help="predictions jsonl (or a run folder holding predictions.jsonl)")
     p.add_argument("b", help="the other predictions (B - A is reported)")
-    p.add_argument("--resamples", type=positive_int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (1000)")
+    p.add_argument("--resamples", type=bounded_int(MAX_RESAMPLES), default=DEFAULT_RESAMPLES,
+                   help=f"bootstrap resamples (1000; at most {MAX_RESAMPLES})")
     p.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED, help="resampling seed (0)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default: $GRANALIGN_DATA)")

@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from harness.cli.common import add_cache_arg, add_substitute_arg, positive_int
+from harness.cli.common import add_cache_arg, add_substitute_arg, bounded_int, positive_int, seconds
 from harness.config import parse_override
 from harness.config.settings import Settings
+from harness.config.sweep import load_sweep
 from harness.config.table import list_tables
+from harness.core.io import check_output_file
 from harness.method.substitutions import parse_substitutions
 from harness.report.tracking import DEFAULT_TRACKING_URI
-from harness.runner.studies import DEFAULT_STORAGE, STORAGE_ENV
-from harness.runner.sweeps import run_sweep, write_best_config
+from harness.runner.studies import DEFAULT_STORAGE, MAX_WORKERS, STORAGE_ENV
+from harness.runner.sweeps import MAX_TIMEOUT, run_sweep, sweep_overrides, write_best_config
 from harness.tables.run import run_table, table_from_mlflow
 
 
@@ -30,7 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=None, help=f"Optuna storage URL (default ${STORAGE_ENV} or {DEFAULT_STORAGE})")
     p.add_argument("--tracking-uri", default=None,
                    help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
-    p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study")
+    p.add_argument("--workers", type=bounded_int(MAX_WORKERS), default=1,
+                   help=f"worker processes sharing the study (1 to {MAX_WORKERS}; each is a ~280 MB process)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key in every row/trial")
     p.add_argument("--demo", action="store_true", help="run on the built-in SYNTHETIC demo dataset")
     p.add_argument("--data-root", default=None, help="benchmark data folder (default $GRANALIGN_DATA)")
@@ -52,10 +57,15 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    summary = run_sweep(args.space, settings, args.n_trials)
-    if args.best_config:
-        cfg = write_best_config(args.best_config, args.space, summary, settings.config_overrides(),
+    if args.best_config:  # checked before the sweep, not after it
+        check_output_file(Path(args.best_config), "--best-config")
+    summary = run_sweep(args.space, settings, args.n_trials, echo=False, timeout=args.timeout)
+    if args.best_config:  # written before anything is printed: a full stdout cannot lose it
+        spec = load_sweep(args.space)
+        cfg = write_best_config(args.best_config, args.space, summary, sweep_overrides(spec, settings),
                                 settings.substitutions)
+    print(json.dumps(summary, indent=2))
+    if args.best_config:
         print(f"best config ({cfg.hash()}) written to {args.best_config}")
     return 0
 
@@ -69,6 +79,8 @@ def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAct
     s = top.add_parser("sweep", help="an Optuna hyperparameter sweep over a YAML search space")
     s.add_argument("space", help="sweep YAML (see experiments/sweeps/)")
     s.add_argument("--n-trials", type=positive_int, default=50, help="complete + pruned trials to reach")
+    s.add_argument("--timeout", type=seconds(MAX_TIMEOUT), default=None, metavar="SECONDS",
+                   help="time budget: no trial starts after it (running ones finish); a rerun continues")
     s.add_argument("--best-config", metavar="PATH", default=None,
                    help="write the best trial as a run config (YAML) that `granalign run` reproduces")
     _common(s)

@@ -191,3 +191,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Before any work: `path` can receive the file `what` (not a folder, its folder exists
+    and is writable), so a long command does not fail only at its end."""
+    target = follow_link(path)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"is a folder; {what} names a file to write", str(path))
+    folder = target.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"its folder {folder} does not exist; {what} names a file to write",
+                                str(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write in {folder}", str(path))

@@ -55,7 +55,13 @@ class ChildFailed(HarnessError):
 
 
 _LIVE: set[BaseProcess] = set()  # children of this process not yet joined
-_state = {"stopping": False}
+_state: dict[str, Any] = {"stopping": False, "command": None}
+
+
+def command_pid() -> int:
+    """The process of the command this process works for: its parent in a child started by
+    `Children`, else itself."""
+    return _state["command"] or os.getpid()
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -142,6 +148,7 @@ def _child_main(target: Callable[..., Any], args: Sequence[Any], report: Connect
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent)
+    _state["command"] = parent
     try:
         target(*args)
     except Exception as e:

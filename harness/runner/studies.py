@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.errors import store_failure
 from harness.core.io import sha256_hex
-from harness.core.processes import Children, pid_alive
+from harness.core.processes import Children, command_pid, pid_alive
 from harness.core.results import Failed
 from harness.core.stores import (
     OPTUNA_SCHEMES,
@@ -175,16 +175,33 @@ def worker_gone(t: FrozenTrial, now: float | None = None) -> str:
 
 
 def claim(t: optuna.Trial) -> None:
-    """Mark a freshly asked trial as this process's (call under the study lock)."""
-    t.set_user_attr(WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid(),
-                                  "trial": t.number, "beat": time.time()})
+    """Mark a freshly asked trial as this process's (call under the study lock); `owner`
+    is the command's process (the worker's parent, or the worker itself): a finished trial
+    whose owner is gone can have its MLflow run written again."""
+    t.set_user_attr(WORKER_ATTR, {**_worker_info(t), "beat": time.time()})
+
+
+def _worker_info(t: optuna.Trial) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "trial": t.number, "owner": command_pid()}
+
+
+def owner_gone(t: FrozenTrial, now: float | None = None) -> bool:
+    """Whether the command that ran `t` has ended (its writer with it): same host, its
+    process is gone; another host, no heartbeat for three grace periods."""
+    w = worker_of(t)
+    if not w:
+        return True
+    owner = w.get("owner", w.get("pid"))
+    if w.get("host") == socket.gethostname() and isinstance(owner, int):
+        return not pid_alive(owner)
+    return (now or time.time()) - float(w.get("beat", 0.0)) > 3 * GRACE_PERIOD
 
 
 @contextlib.contextmanager
 def heartbeat(t: optuna.Trial) -> Iterator[None]:
     """Refresh the trial's heartbeat every HEARTBEAT_INTERVAL seconds while the block runs."""
     stop = threading.Event()
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "trial": t.number}
+    info = _worker_info(t)
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_INTERVAL):

@@ -16,8 +16,13 @@ The space itself (loading and checks) is `harness.config.sweep`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,14 @@ from optuna.trial import TrialState
 
 from harness.config.experiment import ExperimentConfig
 from harness.config.settings import Settings
-from harness.config.sweep import SweepSpec, best_config, config_values, load_sweep, whole
+from harness.config.sweep import (
+    SweepSpec,
+    best_config,
+    config_values,
+    load_sweep,
+    stored_values,
+    whole,
+)
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.faults import fault_point
 from harness.core.io import atomic_write_text
@@ -123,18 +135,53 @@ def _finished(study: optuna.Study) -> int:
     return studies.count(study, TrialState.COMPLETE, TrialState.PRUNED)
 
 
+FAIL_LIMIT = 3  # failed trials (none finished) after which a sweep stops: every trial fails
+
+
+def swept_keys(spec: SweepSpec) -> set[str]:
+    """The config keys every trial sets (a `--set` of one of them is not applied)."""
+    keys: set[str] = set()
+    for name, d in spec.space.items():
+        if d["type"] == "categorical":
+            sets = [set(config_values(spec.space, {name: c})) for c in d["choices"]]
+            keys |= set.intersection(*sets) if sets else set()
+        else:
+            keys.add(name)
+    return keys
+
+
+def sweep_overrides(spec: SweepSpec, settings: Settings) -> dict[str, Any]:
+    """The command line's config overrides the sweep applies: those of keys the space does
+    not set on every trial (`not_applied` says which were dropped)."""
+    swept = swept_keys(spec)
+    return {k: v for k, v in settings.config_overrides().items() if k not in swept}
+
+
+def not_applied(spec: SweepSpec, settings: Settings) -> list[str]:
+    swept = swept_keys(spec)
+    return [f"{k}={v}" for k, v in settings.overrides.items() if k in swept]
+
+
 def study_name(spec: SweepSpec, settings: Settings) -> str:
-    return spec.study_name(settings.config_overrides(), settings.substitutions)
+    return spec.study_name(sweep_overrides(spec, settings), settings.substitutions)
+
+
+def trial_tags(spec: SweepSpec, cfg: ExperimentConfig, number: int, fingerprint: str) -> dict[str, Any]:
+    """A trial's MLflow tags: the config's own tags (`tags:` of the config, `--set tags=`),
+    then the sweep's, which win on a clash."""
+    return {**cfg.tags, "sweep": spec.name, "trial": number, "config_hash": cfg.hash(),
+            "cache_fingerprint": fingerprint, "swept": ",".join(spec.space)}
 
 
 class SweepWorker(studies.StudyWorker):
-    """Takes trials of a sweep study while its budget allows, computes and logs them."""
+    """Takes trials of a sweep study while its budget (trials, and time) allows, computes
+    and logs them."""
 
     def __init__(self, space: str | Path, settings: Settings, parent_id: str, n_trials: int,
-                 worker: int = 0, sink: Any = None) -> None:
+                 worker: int = 0, sink: Any = None, run: str = "", deadline: float | None = None) -> None:
         self.spec = load_sweep(space)
         self.settings = settings
-        self.base = self.spec.base_config(settings.config_overrides())
+        self.base = self.spec.base_config(sweep_overrides(self.spec, settings))
         self.pool = Pools(settings)(self.base.dataset)
         self.dataset = self.pool.dataset(self.base.dataset, self.base.limit)
         self.dataset_digest = source_digest(self.dataset)
@@ -145,13 +192,18 @@ class SweepWorker(studies.StudyWorker):
         self.parent_id = parent_id
         self.tracker = study_tracker("sweep", self.spec.name, settings.tracking_uri, background=True, sink=sink)
         self.n_trials = n_trials
+        self.run_id = run  # this sweep command's id: failures are counted per command
+        self.deadline = deadline  # time.time() after which no trial is started (--timeout)
         self.retry = studies.retry_callback()
         self.subs = parse_substitutions(settings.substitutions)
         # highlight metrics cost a third of a trial: computed only when an objective is one
         self.highlights = any(m.startswith("HL-") for m, _ in self.spec.objectives)
 
     def claim(self) -> tuple[optuna.Trial, None] | None:
-        """A new (or retried) trial of this process, or None once the budget is taken."""
+        """A new (or retried) trial of this process, or None once the budget is taken or
+        the time is up. Raises SweepStopped when trials only fail."""
+        if self.deadline is not None and time.time() >= self.deadline:
+            return None
         with studies.study_lock(self.url, self.name):
             trials = self.study.get_trials(deepcopy=False)  # one read serves every count below
             if studies.reap_dead_trials(self.study, self.retry, trials):
@@ -159,12 +211,16 @@ class SweepWorker(studies.StudyWorker):
             used = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
             if used >= self.n_trials:
                 return None
-            errors = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
-            if len(errors) >= max(3, self.n_trials):
-                raise SweepStopped(f"sweep {self.spec.name}: {len(errors)} trials failed, the last "
-                                   f"with: {errors[-1].user_attrs['error']}")
+            finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+            errors = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs
+                      and t.user_attrs.get(RUN_ATTR, self.run_id) == self.run_id]
+            if (len(errors) >= FAIL_LIMIT and not finished) or len(errors) >= max(FAIL_LIMIT, self.n_trials):
+                first = "the first " if not finished else ""
+                raise SweepStopped(f"sweep {self.spec.name}: stopped after {first}{len(errors)} trials failed "
+                                   f"({finished} finished); the last failed with: {errors[-1].user_attrs['error']}")
             t = self.study.ask()
             studies.claim(t)
+            t.set_user_attr(RUN_ATTR, self.run_id)
             return t, None
 
     def compute(self, t: optuna.Trial, what: None) -> None:
@@ -176,19 +232,18 @@ class SweepWorker(studies.StudyWorker):
         # Its params are the trial's whole config, as a table row's are.
         run_id = self.tracker.child(
             self.parent_id, f"trial {t.number}", "trial", cfg.flat_params(),
-            {"sweep": self.spec.name, "trial": t.number, "config_hash": cfg.hash(),
-             "cache_fingerprint": prep.fingerprint, "swept": ",".join(self.spec.space),
-             **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}},
-            defer=True,
-        )
+            trial_tags(self.spec, cfg, t.number, prep.fingerprint), defer=True)
         self.started(run_id)
         self.tracker.log_dataset(run_id, self.dataset.label, self.dataset_digest, self.dataset.source)
+        t.set_user_attr(FINGERPRINT_ATTR, prep.fingerprint)  # what a rerun writes a lost run with
         fault_point("sweep:trial")  # tests slow trials down here (`|sleep=S`)
         if len(self.spec.objectives) == 1 and self.spec.pruner:
             metric = self.spec.objectives[0][0]
             for step, frac in enumerate(PRUNE_FRACTIONS):
                 n = max(1, int(len(prep.queries) * frac))
                 value = brief(trial(prep.head(n), cfg, highlights=self.highlights))[metric]
+                if not math.isfinite(value):  # no number on this subset (e.g. no short moments)
+                    continue
                 t.report(value, step)
                 self.tracker.log_metrics(run_id, {f"partial/{metric_key(metric)}": value}, step)
                 if t.should_prune():
@@ -197,22 +252,32 @@ class SweepWorker(studies.StudyWorker):
                     self.study.tell(t, state=TrialState.PRUNED)
                     return
         flat = brief(trial(prep, cfg, highlights=self.highlights))
+        values = [float(flat[m]) for m, _ in self.spec.objectives]
+        bad = [f"{m} = {v}" for (m, _), v in zip(self.spec.objectives, values, strict=True) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"objective {', '.join(bad)} on {self.dataset.label} (no queries it is defined "
+                             "on?): nothing to optimise")
+        t.set_user_attr(METRICS_ATTR, flat)
         self.tracker.log_metrics(run_id, {metric_key(k): v for k, v in flat.items()})
         self.tracker.set_tags(run_id, {"status": "ok"})
         self.tracker.finish(run_id)
-        values = [float(flat[m]) for m, _ in self.spec.objectives]
         self.study.tell(t, values[0] if len(values) == 1 else values)
 
 
+RUN_ATTR = "granalign.sweep_run"
+METRICS_ATTR = "metrics"
+FINGERPRINT_ATTR = "cache_fingerprint"
+
+
 def _sweep_worker_main(space: str, settings: Settings, parent_id: str, n_trials: int, worker: int,
-                       sink: Any) -> None:
-    SweepWorker(space, settings, parent_id, n_trials, worker, sink).run()
+                       sink: Any, run: str, deadline: float | None) -> None:
+    SweepWorker(space, settings, parent_id, n_trials, worker, sink, run, deadline).run()
 
 
 def check_inputs(spec: SweepSpec, settings: Settings) -> None:
     """Raise MissingInputs (before any trial) when the cache cannot feed the sweep's base
     config, or any categorical choice of the space."""
-    base = spec.base_config(settings.config_overrides())
+    base = spec.base_config(sweep_overrides(spec, settings))
     pools = Pools(settings)
     configs = [base] + [base.replace(**config_values(spec.space, {p: c})) for p, d in spec.space.items()
                         if d["type"] == "categorical" for c in d["choices"]]
@@ -230,10 +295,19 @@ def check_inputs(spec: SweepSpec, settings: Settings) -> None:
         raise MissingInputs(gaps, base.dataset, note=pools(base.dataset).cache.absence_note)
 
 
-def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool = True) -> dict[str, Any]:
-    """Run (or resume) a sweep until `n_trials` trials are complete or pruned."""
+MAX_TIMEOUT = 30 * 24 * 3600.0  # seconds: a month
+
+
+def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool = True,
+              timeout: float | None = None) -> dict[str, Any]:
+    """Run (or resume) a sweep until `n_trials` trials are complete or pruned, or `timeout`
+    seconds have passed (no trial starts after that; running ones finish)."""
     t0 = time.perf_counter()
+    deadline = time.time() + timeout if timeout is not None else None
     spec = load_sweep(space)
+    for item in not_applied(spec, settings):
+        print(f"note: not applied: {item} (the sweep's space sets {item.split('=', 1)[0]} on every trial)",
+              file=sys.stderr, flush=True)
     check_inputs(spec, settings)
     name = study_name(spec, settings)
     url = studies.storage_url(settings.storage)
@@ -241,43 +315,96 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
     study = optuna.create_study(study_name=name, storage=studies.open_storage(url),
                                 directions=[d for _, d in spec.objectives], load_if_exists=True)
     tracker = study_tracker("sweep", spec.name, settings.tracking_uri)
-    base = spec.base_config(settings.config_overrides())
+    base = spec.base_config(sweep_overrides(spec, settings))
     parent_id = tracker.parent(name, name, provenance_tags(
         base.hash(), "", base.dataset,
-        {"sweep": spec.name, "space": str(spec.path), "n_trials": n_trials,
+        {**base.tags, "sweep": spec.name, "space": str(spec.path), "n_trials": n_trials,
          "swept": ",".join(spec.space), "seed": spec.sampler.get("seed", ""),
+         **({"not_applied": ", ".join(not_applied(spec, settings))} if not_applied(spec, settings) else {}),
          **({SUBSTITUTIONS_TAG: ", ".join(settings.substitutions)} if settings.substitutions else {})}))
     tracker.log_params(parent_id, base.flat_params())  # the base config: what trials change is on them
     tracker.finish_pending(parent_id)
+    run = uuid.uuid4().hex
     try:
         with studies.study_lock(url, name):
             studies.reap_dead_trials(study, studies.retry_callback())
         studies.close_orphan_runs(study, tracker, parent_id)
+        backfill_runs(spec, settings, study, tracker, parent_id)
         if _finished(study) < n_trials:
             writer = RunWriter(settings.tracking_uri)  # MLflow writes on another core
             try:
                 if settings.workers <= 1:
-                    SweepWorker(spec.path, settings, parent_id, n_trials, sink=writer.queue).run()
+                    SweepWorker(spec.path, settings, parent_id, n_trials, sink=writer.queue, run=run,
+                                deadline=deadline).run()
                 else:
                     codes = studies.run_workers(_sweep_worker_main, [
-                        (str(spec.path), settings, parent_id, n_trials, k, writer.queue)
+                        (str(spec.path), settings, parent_id, n_trials, k, writer.queue, run, deadline)
                         for k in range(settings.workers)])
                     if any(codes):
                         print(f"warning: sweep workers exited with {codes}", flush=True)
-            finally:
-                writer.close()
+            except BaseException:
+                writer.abort()  # what is queued is written, briefly; a rerun writes the rest
+                raise
+            writer.close()
         studies.close_orphan_runs(study, tracker, parent_id)
+        backfill_runs(spec, settings, study, tracker, parent_id, mine=True)
         summary = sweep_summary(study, spec)
         tracker.log_text(parent_id, json.dumps(summary, indent=2), "sweep_summary.json")
     except BaseException:
-        tracker.finish(parent_id, "FAILED")
+        with contextlib.suppress(Exception):  # the error that ended the sweep is the one to report
+            tracker.finish(parent_id, "FAILED")
         raise
-    tracker.finish(parent_id, "FINISHED" if _finished(study) >= n_trials else "FAILED")
+    finished = _finished(study)
+    timed_out = finished < n_trials and deadline is not None and time.time() >= deadline
+    if timed_out:
+        summary["stopped"] = f"time budget of {timeout:g} s reached: {finished} of {n_trials} trials finished"
+        print(f"note: {summary['stopped']}; a rerun continues the study", file=sys.stderr, flush=True)
+    tracker.finish(parent_id, "FINISHED" if finished >= n_trials or timed_out else "FAILED")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     summary["study"] = name
     if echo:
         print(json.dumps(summary, indent=2))
     return summary
+
+
+def backfill_runs(spec: SweepSpec, settings: Settings, study: optuna.Study, tracker: Any, parent_id: str,
+                  mine: bool = False) -> int:
+    """Write the MLflow run of every finished trial that has none (its sweep was interrupted
+    before its writer wrote it), from what the trial holds: its params (the config), its
+    metrics, its partial values, its error. Only trials whose sweep process is gone, or
+    (`mine`, after this process's writer closed) this process's own; a reaped trial (its
+    worker died) has no run by design, and its retry has its own. The runs written."""
+    have = {r.data.tags.get("trial") for r in tracker.children(parent_id)
+            if r.info.status in ("FINISHED", "FAILED")}
+    reaped = set(study.user_attrs.get(studies.REAPED_ATTR, []))
+    base = spec.base_config(sweep_overrides(spec, settings))
+    subs = parse_substitutions(settings.substitutions)
+    pool = Pools(settings)(base.dataset) if subs else None
+    written = 0
+    for t in study.get_trials(deepcopy=False):
+        if str(t.number) in have or t.number in reaped:
+            continue
+        failed = t.state == TrialState.FAIL and "error" in t.user_attrs
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) and not failed:
+            continue
+        owner = studies.worker_of(t).get("owner")
+        if not (mine and owner == os.getpid()) and not studies.owner_gone(t):
+            continue
+        cfg = base.replace(**config_values(spec.space, stored_values(spec.space, t.params)),
+                           name=f"{spec.name}/trial{t.number}")
+        if pool is not None:
+            cfg = get_or_substitute(pool, cfg, subs)[1]
+        run_id = tracker.child(parent_id, f"trial {t.number}", "trial", cfg.flat_params(),
+                               {**trial_tags(spec, cfg, t.number, t.user_attrs.get(FINGERPRINT_ATTR, "")),
+                                "granalign.backfilled": "true"}, defer=True)
+        for step, value in sorted(t.intermediate_values.items()):
+            tracker.log_metrics(run_id, {f"partial/{metric_key(spec.objectives[0][0])}": value}, step)
+        tracker.log_metrics(run_id, {metric_key(k): v for k, v in t.user_attrs.get(METRICS_ATTR, {}).items()})
+        status = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned"}.get(t.state, "failed")
+        tracker.set_tags(run_id, {"status": status, **({"error": t.user_attrs["error"]} if failed else {})})
+        tracker.finish(run_id, "FAILED" if failed else "FINISHED")
+        written += 1
+    return written
 
 
 def sweep_summary(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
