@@ -11,13 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import open_cache
-from harness.cli.common import add_cache_arg, add_substitute_arg, bounded_int, nonnegative_int, positive_int
+from harness.cli.common import (
+    add_cache_arg,
+    add_substitute_arg,
+    bounded_int,
+    nonnegative_int,
+    positive_int,
+)
 from harness.config import load_config, parse_override
 from harness.core.errors import DataError
 from harness.core.io import json_safe
 from harness.core.results import MissingInputs
 from harness.data.spec import dataset_spec, load_dataset
-from harness.eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, MAX_RESAMPLES, compare, intervals
+from harness.eval.bootstrap import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    MAX_RESAMPLES,
+    compare,
+    intervals,
+)
 from harness.eval.predictions import load_predictions
 from harness.eval.protocols import PerQuery, brief, protocol_of
 from harness.method.substitutions import parse_substitutions

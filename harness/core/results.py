@@ -4,7 +4,8 @@ A run, a table cell or an efficiency figure either has its metrics or says why n
 `Missing` names an input that is absent (a cache stage and backend, a dataset, ground
 truth, build timings); a `Failed` names an error raised while computing. Both render as
 the short label a table cell shows (`missing: captions_aware/qwen2.5-vl`, `failed: ...`)
-and carry details for the command line. No other type plays these roles.
+and carry details for the command line; `SameAs` and `Running` say the numbers are another
+row's, or are being computed by another process. No other type plays these roles.
 """
 
 from __future__ import annotations
@@ -103,7 +104,22 @@ class SameAs:
         return self.label
 
 
-Outcome = Mapping[str, Any] | Missing | Failed | SameAs  # metrics, or why there are none here
+@dataclass(frozen=True)
+class Running:
+    """A result another process is computing right now (a concurrent run of the same
+    table): not failed, not missing; the table shown meanwhile is not the table."""
+
+    where: str  # "host:pid" of the worker
+
+    @property
+    def label(self) -> str:
+        return f"running elsewhere ({self.where})"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+Outcome = Mapping[str, Any] | Missing | Failed | SameAs | Running  # metrics, or why there are none here
 
 
 class MissingInputs(HarnessError):

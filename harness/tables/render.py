@@ -26,7 +26,7 @@ import numpy as np
 from harness.config.settings import Settings
 from harness.config.table import RowSpec, TableError, TableSpec
 from harness.core.io import atomic_write_text
-from harness.core.results import Failed, Missing, Outcome, SameAs
+from harness.core.results import Failed, Missing, Outcome, Running, SameAs
 from harness.eval.top1 import top1_ious
 from harness.method.sources import Prepared
 from harness.report import plots
@@ -78,18 +78,20 @@ def _lines(spec: TableSpec, results: Mapping[str, Result], unc: Uncertainty | No
             status = "failed"
         elif isinstance(result, SameAs):
             status = "same"
+        elif isinstance(result, Running):
+            status = "running"
         elif result is None:
             status = "not run" if row.runnable else "peer"
         elif isinstance(result, Mapping):
             status = "ok"
         else:
             raise TableError(f"table {spec.id}, row {row.name!r}: result should be a metrics mapping, "
-                             "Missing, Failed or SameAs")
+                             "Missing, Failed, SameAs or Running")
         mark = SUBSTITUTED_MARK if row.name in spec.substituted and status in ("ok", "same") else ""
         cells = []
         for col, key in spec.columns.items():
             ours_val: float | None = None
-            if status in ("missing", "failed", "same"):
+            if status in ("missing", "failed", "same", "running"):
                 ours = result.label + mark  # type: ignore[union-attr]
             elif status == "not run":
                 ours = "not run"

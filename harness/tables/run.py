@@ -17,6 +17,7 @@ Every row is a nested MLflow child run under one parent run per table, which alw
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -34,7 +35,7 @@ from harness.config.settings import Settings
 from harness.config.table import TableSpec, load_table
 from harness.core.errors import DataFileMissing
 from harness.core.faults import fault_point
-from harness.core.results import Failed, Missing, MissingInputs, Outcome, SameAs
+from harness.core.results import Failed, Missing, MissingInputs, Outcome, Running, SameAs
 from harness.data.spec import source_digest
 from harness.eval.bootstrap import save_per_query
 from harness.eval.protocols import PerQuery, brief
@@ -184,9 +185,9 @@ class RowWorker(studies.StudyWorker):
 
     def _open_run(self, t: optuna.Trial, row: str, cfg: ExperimentConfig, fingerprint: str,
                   extra: Mapping[str, Any] | None = None) -> str:
-        tags = provenance_tags(cfg.hash(), fingerprint, cfg.dataset, {
+        tags = {**cfg.tags, **provenance_tags(cfg.hash(), fingerprint, cfg.dataset, {  # the config's tags, ours win
             "table": self.spec.id, "row": row, "status": "ok", "seed": cfg.seed, "trial": t.number,
-            **{k: v for k, v in cfg.tags.items() if k == SUBSTITUTIONS_TAG}, **(extra or {})})
+            **(extra or {})})}
         run_id = self.tracker.child(self.parent_id, row, "row", cfg.flat_params(), tags)
         ds = self.pools(cfg.dataset).dataset(cfg.dataset, cfg.limit)
         self.tracker.log_dataset(run_id, ds.label, source_digest(ds), ds.source)
@@ -227,15 +228,19 @@ def run_table(table: str, settings: Settings, echo: bool = True) -> TableRun:
     try:
         run = _fill_table(spec, settings, configs, study, name, url, tracker, parent_id, t0)
     except BaseException:
-        tracker.finish(parent_id, "FAILED")
+        with contextlib.suppress(Exception):  # the error that ended the table is the one to report
+            tracker.finish(parent_id, "FAILED")
         raise
-    tracker.finish(parent_id)
+    elsewhere = sum(isinstance(r, Running) for r in run.results.values())
+    if not elsewhere:  # else the process computing those rows ends the parent run
+        tracker.finish(parent_id)
     if echo:
         print(run.rendered["md"])
         missing = sum(isinstance(r, Missing) for r in run.results.values())
         failed = sum(isinstance(r, Failed) for r in run.results.values())
         print(f"\ntable {spec.id}: {run.computed} rows computed, {run.reused} reused, {missing} missing, "
-              f"{failed} failed; {run.seconds:.1f} s; study {name}; MLflow parent run {parent_id}")
+              f"{failed} failed{f', {elsewhere} running elsewhere' if elsewhere else ''}; {run.seconds:.1f} s; "
+              f"study {name}; MLflow parent run {parent_id}")
     return run
 
 
@@ -289,7 +294,8 @@ def _compute_rows(spec: TableSpec, settings: Settings, name: str, url: str, pare
 
 def _outcomes(configs: Mapping[str, ExperimentConfig], done: Mapping[str, Any], missing: Mapping[str, Missing],
               same: Mapping[str, SameAs], study: optuna.Study) -> dict[str, Outcome]:
-    """Every row's cell: its metrics, why it is missing, the row it equals, or why it failed."""
+    """Every row's cell: its metrics, why it is missing, the row it equals, that another
+    process is computing it right now, or why it failed."""
     results: dict[str, Outcome] = {}
     trials = study.get_trials(deepcopy=False)
     for row in configs:
@@ -299,11 +305,25 @@ def _outcomes(configs: Mapping[str, ExperimentConfig], done: Mapping[str, Any], 
             results[row] = missing[row]
         elif row in same:
             results[row] = same[row]
+        elif (elsewhere := _running_elsewhere(row, trials)) is not None:
+            results[row] = elsewhere
         else:
             failed = [t for t in trials if t.params.get("row") == row and t.state == TrialState.FAIL]
             why = failed[-1].user_attrs.get("error") or studies.worker_gone(failed[-1]) if failed else ""
             results[row] = Failed(why or "not run (no worker reached it)")
     return results
+
+
+def _running_elsewhere(row: str, trials: list[Any]) -> Running | None:
+    """A row another process (a concurrent run of the table) holds: a RUNNING trial whose
+    worker lives, or one it enqueued and has not taken yet."""
+    for t in trials:
+        if t.state == TrialState.RUNNING and t.params.get("row") == row and not studies.worker_gone(t):
+            w = studies.worker_of(t)
+            return Running(f"pid {w.get('pid', '?')} on {w.get('host', '?')}")
+        if t.state == TrialState.WAITING and (t.system_attrs.get("fixed_params") or {}).get("row") == row:
+            return Running("queued by another process")
+    return None
 
 
 def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, ExperimentConfig],
@@ -337,7 +357,13 @@ def _fill_table(spec: TableSpec, settings: Settings, configs: Mapping[str, Exper
                                 substituted=frozenset(r for r, c in used.items() if SUBSTITUTIONS_TAG in c.tags),
                                 substitutions=tuple((str(x), x.reason) for x in subs))
     rendered = render_all(shown, results, unc)
-    write_table(spec, rendered, settings, tracker, parent_id, results)
+    elsewhere = sorted(r for r, v in results.items() if isinstance(v, Running))
+    if elsewhere:  # not the table yet: shown, never written or logged as it
+        rendered["md"] += (f"\n\nRows {', '.join(elsewhere)} are being computed by another process: this "
+                           "rendering is not the table and was not written or logged; run the command again "
+                           "when that process has finished.")
+    else:
+        write_table(spec, rendered, settings, tracker, parent_id, results)
     computed = len([r for r in todo if r in done])
     return TableRun(spec, results, rendered, computed, len(done) - computed,
                     time.perf_counter() - t0, name, parent_id)
