@@ -274,7 +274,7 @@ def test_toy_paraphrases_share_text_and_report_missing(tmp_path: Path) -> None:
          r"p\.jsonl:2: qid 99 is not a query of qv:val"),
         ([_para_row(1, "a dog runs"), _para_row(2, "a cat stands")],
          r"p\.jsonl:2: qid 2 has query 'a cat stands' but qv:val has 'a cat sits'"),
-        ([_para_row(1, "a dog runs", n=4)], r"p\.jsonl:1: field 'rephrased_query' should be a list of 5"),
+        ([_para_row(1, "a dog runs", n=4)], r"p\.jsonl:1: field 'rephrased_query' has 4 paraphrases; expected a list of 5"),
         ([_para_row(1, "a dog runs"), _para_row(1, "a dog runs")],
          r"p\.jsonl:2: qid 1 appears twice \(also line 1\)"),
         ([{"qid": "1", "query": "a dog runs", "rephrased_query": []}], r"p\.jsonl:1: field 'qid'"),

@@ -13,6 +13,7 @@ items that are already cached, so an interrupted import resumes where it stopped
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from harness.cache.producers import (
     video_item,
 )
 from harness.cache.store import Cache, Producer
-from harness.core.errors import DataError
+from harness.core.errors import DataError, quote
 from harness.core.query import Dataset, Query, n_clips
 from harness.data.parsing import iter_jsonl, need_file
 from harness.data.spec import data_root
@@ -103,6 +104,27 @@ def _progress(total: int, desc: str, unit: str, enabled: bool) -> Any:
 
 
 # -- captions -----------------------------------------------------------------------------
+def blank(text: str) -> bool:
+    """No visible character: empty, whitespace, or only invisible format characters (a
+    zero-width space is not whitespace to `str.strip`, and embeds as nothing)."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in text)
+
+
+def fill_blanks(captions: list[str]) -> tuple[list[str], int]:
+    """Blank captions replaced by the nearest earlier caption (the first ones by the first
+    non-blank one): a clip described as nothing would be embedded as empty text and score
+    as noise. The captions, and how many were blank."""
+    out, n = list(captions), 0
+    last = next((c for c in captions if not blank(c)), "")
+    for i, c in enumerate(out):
+        if blank(c):
+            out[i] = last
+            n += 1
+        else:
+            last = c
+    return out, n
+
+
 def read_caption_file(path: Path) -> list[str]:
     """Captions of one video in clip order, after checking moments are 0..k-1 exactly once.
 
@@ -123,7 +145,7 @@ def read_caption_file(path: Path) -> list[str]:
         rows.append((moment, lineno, desc))
     if not rows:
         raise DataError(f"{path}: no captions (expected one line per 2-s clip)")
-    if not any(desc.strip() for _, _, desc in rows):
+    if all(blank(desc) for _, _, desc in rows):
         raise DataError(f"{path}: every description is empty (expected the caption text of each clip)")
     rows.sort()
     for expected, (moment, lineno, _) in enumerate(rows):
@@ -216,7 +238,7 @@ def import_captions(
     )
     c = dict.fromkeys(
         ("captions_read", "frames_stored", "videos_padded", "frames_padded",
-         "videos_truncated", "captions_dropped"), 0,
+         "videos_truncated", "captions_dropped", "videos_with_blank_captions", "blank_captions_filled"), 0,
     )
     with _progress(len(todo), f"import {backbone} captions", "video", progress) as bar:
         for batch in _batches(todo, batch_size):
@@ -227,8 +249,12 @@ def import_captions(
                 if not path.is_file():
                     report.missing.append(vid)
                     continue
-                captions = read_caption_file(path)
+                captions, blanks = fill_blanks(read_caption_file(path))
                 value, meta = fit_captions(captions, clips[vid], str(path), max_mismatch)
+                if blanks:
+                    meta["blank_filled"] = blanks
+                    c["videos_with_blank_captions"] += 1
+                    c["blank_captions_filled"] += blanks
                 c["captions_read"] += meta["source_count"]
                 c["frames_stored"] += len(value)
                 if "padded" in meta:
@@ -243,6 +269,11 @@ def import_captions(
             report.imported += len(rows)
             bar.update(len(batch))
     report.counts = c
+    if c["blank_captions_filled"]:
+        report.notes.append(
+            f"{c['blank_captions_filled']} descriptions in {c['videos_with_blank_captions']} caption files were empty, "
+            "whitespace or invisible characters only; each was replaced by the caption of the nearest earlier clip "
+            "(an empty text embeds as noise)")
     if report.already_cached:
         report.notes.append(
             f"{report.already_cached} videos were already cached and were not re-read; "
@@ -278,19 +309,29 @@ def read_paraphrase_file(path: Path) -> dict[int, ParaphraseRow]:
         if not isinstance(query, str):
             raise DataError(f"{where}: field 'query' should be a string, got {query!r:.60}")
         para = obj.get("rephrased_query")
-        if (
-            not isinstance(para, list)
-            or len(para) != PARAPHRASES_PER_QUERY
-            or not all(isinstance(p, str) and p.strip() for p in para)
-        ):
-            raise DataError(
-                f"{where}: field 'rephrased_query' should be a list of {PARAPHRASES_PER_QUERY} "
-                f"non-empty strings, got {para!r:.80}"
-            )
+        problem = paraphrase_problem(para)
+        if problem:
+            raise DataError(f"{where}: field 'rephrased_query' {problem}; expected a list of "
+                            f"{PARAPHRASES_PER_QUERY} non-empty strings")
         if qid in rows:
             raise DataError(f"{where}: qid {qid} appears twice (also line {rows[qid].line})")
         rows[qid] = ParaphraseRow(qid, query, tuple(para), lineno)
     return rows
+
+
+def paraphrase_problem(para: Any) -> str:
+    """What is wrong with a row's `rephrased_query` ('' when nothing): said exactly, since
+    the value itself is cut in the message."""
+    if not isinstance(para, list):
+        return f"is {type(para).__name__} {quote(para, 60)}"
+    if len(para) != PARAPHRASES_PER_QUERY:
+        return f"has {len(para)} paraphrases"
+    for i, p in enumerate(para, 1):
+        if not isinstance(p, str):
+            return f"paraphrase {i} of {len(para)} is {type(p).__name__} {quote(p, 60)}, not a string"
+        if blank(p):
+            return f"paraphrase {i} of {len(para)} is empty ({quote(p, 40)})"
+    return ""
 
 
 def import_paraphrases(

@@ -12,6 +12,7 @@ exact cached outputs it was computed from.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, StoreError, store_failure
 from harness.core.faults import fault_point
 from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
 from harness.core.stages import CACHE_STAGES, STAGES, stage_order
@@ -234,21 +235,40 @@ class Cache:
         return con
 
     class _Tx:
-        def __init__(self, con: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an error; a full disk, a read-only
+        file or an I/O error is one StoreError naming the cache database (SQLite says
+        "database or disk is full", which is not damage)."""
+
+        def __init__(self, con: sqlite3.Connection, db: Path) -> None:
             self.con = con
+            self.db = db
 
         def __enter__(self) -> sqlite3.Connection:
-            self.con.execute("BEGIN IMMEDIATE")
+            self._do("BEGIN IMMEDIATE")
             return self.con
 
-        def __exit__(self, exc_type: Any, *_: Any) -> None:
+        def __exit__(self, exc_type: Any, exc: BaseException | None, _: Any) -> None:
             if exc_type is None:
-                self.con.execute("COMMIT")
-            else:
+                self._do("COMMIT")
+                return
+            with contextlib.suppress(sqlite3.Error):
                 self.con.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and (reason := store_failure(exc)) is not None:
+                raise StoreError(f"{self.db}: the cache cannot be written: {reason}") from None
+
+        def _do(self, sql: str) -> None:
+            try:
+                self.con.execute(sql)
+            except sqlite3.Error as e:
+                reason = store_failure(e)
+                if reason is None:
+                    raise
+                with contextlib.suppress(sqlite3.Error):
+                    self.con.execute("ROLLBACK")
+                raise StoreError(f"{self.db}: the cache cannot be written: {reason}") from None
 
     def _tx(self) -> Cache._Tx:
-        return Cache._Tx(self._con)
+        return Cache._Tx(self._con, self.db_path)
 
     def transaction(self) -> Cache._Tx:
         """`with cache.transaction() as con:` statements that commit together or not at all."""

@@ -40,7 +40,7 @@ from harness.cache.embedders import DTYPES, resolve_backend
 from harness.cache.producers import instruction_pairs
 from harness.config.files import load_yaml_with_base
 from harness.core.constants import M_MAX, MAX_WINDOWS
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, quote, shorten
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.registries import (
     CAPTION_BACKBONES,
@@ -159,12 +159,12 @@ class ExperimentConfig:
             _check_type(type(self), f.name, value)
             meta = f.metadata
             if meta["check"] is not None and value is not None and not meta["check"](value):
-                raise ConfigError(f"key {f.name!r} = {value!r}: expected {meta['expect']}")
+                raise ConfigError(f"key {f.name!r} = {quote(value)}: expected {meta['expect']}")
             if meta["registry"] is not None:
                 _check_name(f.name, value, meta["registry"])
             if meta["choices"] is not None and value not in meta["choices"]():
                 raise ConfigError(
-                    f"key {f.name!r} = {value!r} is not valid; valid: {', '.join(map(str, meta['choices']()))}")
+                    f"key {f.name!r} = {quote(value)} is not valid; valid: {', '.join(map(str, meta['choices']()))}")
         try:
             resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend, self.embedder_model)
         except ValueError as e:
@@ -172,7 +172,7 @@ class ExperimentConfig:
         try:
             resolve_pairing(self.pairing)
         except (RegistryError, ValueError) as e:
-            raise ConfigError(f"key 'pairing' = {self.pairing!r}: {e}") from None
+            raise ConfigError(f"key 'pairing' = {quote(self.pairing)}: {shorten(str(e))}") from None
 
     # -- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -256,7 +256,7 @@ _CONDITIONAL = kind_fields()
 def _check_name(key: str, value: str, registry: Registry[Any]) -> None:
     if value not in registry:
         raise ConfigError(
-            f"key {key!r} = {value!r} is not a registered {registry.kind}; valid: {', '.join(registry.names())}")
+            f"key {key!r} = {quote(value)} is not a registered {registry.kind}; valid: {', '.join(registry.names())}")
 
 
 @functools.cache
@@ -268,7 +268,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _check_type(cls: type, name: str, value: Any) -> None:
     tp = _field_types(cls)[name]
     if not _matches(value, tp):
-        raise ConfigError(f"config field {name!r} should be {_type_name(tp)}, got {value!r:.80}")
+        raise ConfigError(f"config field {name!r} should be {_type_name(tp)}, got {quote(value, 80)}")
 
 
 def _matches(value: Any, tp: Any) -> bool:
@@ -309,7 +309,7 @@ def _normalise(d: Mapping[str, Any]) -> dict[str, Any]:
             out["pairing"] = tuple((str(q), str(c)) for q, c in pairing)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"pairing should be a name or a list of [query kind, caption kind] pairs, got {pairing!r}"
+                f"pairing should be a name or a list of [query kind, caption kind] pairs, got {quote(pairing)}"
             ) from None
     if "lam" in out and isinstance(out["lam"], int) and not isinstance(out["lam"], bool):
         out["lam"] = float(out["lam"])
@@ -348,6 +348,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` from the command line; the value is parsed as YAML (`m=3`, `lam=0.2`)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {text!r} should look like key=value")
-    return key.strip(), parse_yaml(raw, f"override {text!r}")
+        raise ConfigError(f"override {quote(text)} should look like key=value")
+    return key.strip(), parse_yaml(raw, f"override {quote(text, 80)}")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.config.experiment import ExperimentConfig, load_config
 from harness.config.files import resolve_base
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, quote
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.yaml_io import load_yaml
 from harness.eval.protocols import protocol_of
@@ -74,7 +74,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     objectives = []
     for o in data["objectives"]:
         if not isinstance(o, dict) or "metric" not in o:
-            raise ConfigError(f"{path}: each objective needs 'metric' (and 'direction'), got {o!r}")
+            raise ConfigError(f"{path}: each objective needs 'metric' (and 'direction'), got {quote(o)}")
         direction = o.get("direction", "maximize")
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"{path}: direction must be maximize or minimize, got {direction!r}")
@@ -122,7 +122,7 @@ def _check_space(spec: SweepSpec, base: ExperimentConfig) -> None:
             lo, hi = d.get("low"), d.get("high")
             number = int if d["type"] == "int" else (int, float)
             if not all(isinstance(v, number) and not isinstance(v, bool) for v in (lo, hi)):
-                raise ConfigError(f"{where}: 'low' and 'high' should be {d['type']}s, got {lo!r}, {hi!r}")
+                raise ConfigError(f"{where}: 'low' and 'high' should be {d['type']}s, got {quote(lo, 60)}, {quote(hi, 60)}")
             if lo > hi:
                 raise ConfigError(f"{where}: low {lo} > high {hi}")
             step = d.get("step")
@@ -138,7 +138,7 @@ def _check_space(spec: SweepSpec, base: ExperimentConfig) -> None:
             try:
                 base.replace(**config_values(spec.space, {param: v}))
             except ConfigError as e:
-                raise ConfigError(f"{where}: {v!r} does not make a valid config: {e}") from None
+                raise ConfigError(f"{where}: {quote(v)} does not make a valid config: {e}") from None
 
 
 def _coupled(dist: Mapping[str, Any]) -> bool:

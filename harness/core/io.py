@@ -205,3 +205,18 @@ def check_output_file(path: Path, what: str) -> None:
                                 str(path))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, f"cannot write in {folder}", str(path))
+
+
+_MAGIC = ((b"\x1f\x8b", "gzip-compressed (gunzip it first)"), (b"PK\x03\x04", "a zip archive (unzip it first)"),
+          (b"\xfd7zXZ\x00", "xz-compressed (unxz it first)"), (b"BZh", "bzip2-compressed (bunzip2 it first)"),
+          (b"\x28\xb5\x2f\xfd", "zstd-compressed (unzstd it first)"), (b"SQLite format 3\x00", "an SQLite database"),
+          (b"\x93NUMPY", "a NumPy array file"), (b"%PDF", "a PDF document"))
+
+
+def binary_kind(head: bytes) -> str | None:
+    """What a file that is not text is, from its first bytes (`gzip-compressed ...`), so an
+    error says more than 'not UTF-8 (byte 0x8b)'."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None

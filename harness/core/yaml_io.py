@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from harness.core.errors import ConfigError, shorten
+from harness.core.io import binary_kind
 
 MAX_EXPANDED = 1_000_000  # characters (and nodes) a document may expand to through its aliases
 
@@ -112,9 +113,15 @@ def parse_yaml(text: str, where: str) -> Any:
 def load_yaml(path: Path) -> Any:
     """A YAML file -> data; a missing, unreadable or invalid file is a ConfigError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        kind = binary_kind(data)
+        raise ConfigError(f"{path}: " + (f"the file is {kind}; expected YAML text" if kind else
+                                         f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})")) from None
     return parse_yaml(text, str(path))

@@ -13,11 +13,16 @@ from typing import Any
 
 from harness.core.constants import CLIP_SECONDS
 from harness.core.errors import DataError, DataFileMissing
+from harness.core.io import binary_kind
 
 
 def need_file(path: Path) -> Path:
-    if not path.is_file():
+    """`path` exists and is not a folder: a file, or a pipe or device to read from
+    (`/dev/stdin`, a process substitution)."""
+    if not path.exists():
         raise DataFileMissing(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder; expected a file")
     return path
 
 
@@ -36,6 +41,9 @@ def parse_json_line(line: str | bytes, where: str) -> Any:
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError as e:
+            kind = binary_kind(line)
+            if kind is not None:
+                raise DataError(f"{where}: the file is {kind}; expected JSON text") from None
             raise DataError(f"{where}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1})") from None
     try:
         return json.loads(line, parse_constant=_no_constant)

@@ -112,8 +112,10 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
 def load_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Read an official-format prediction jsonl, checking every line; ids must be unique."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"prediction file {path} not found")
+    if path.is_dir():
+        raise DataError(f"{path}: a folder without predictions.jsonl; expected a prediction file")
     rows: list[dict[str, Any]] = []
     first_line: dict[int, int] = {}
     for lineno, obj in iter_jsonl(path):
