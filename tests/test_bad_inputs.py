@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,72 +21,11 @@ import pytest
 import yaml
 
 from harness.cli import main
+from tests.conftest import Workspace
 
 REF = Path("qvhighlights") / "eval_reference" / "sample_val_preds.jsonl"
 ANNOTATIONS = Path("qvhighlights") / "highlight_val_release.jsonl"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """relative path -> (size, mtime_ns) of every file and folder under `root`."""
-    out = {}
-    for p in root.rglob("*"):
-        st = p.stat()
-        out[str(p.relative_to(root))] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
-    return out
-
-
-@dataclass
-class Workspace:
-    """A working folder with its own stores; `run` calls the CLI and checks the rules."""
-
-    root: Path
-    capsys: pytest.CaptureFixture[str]
-
-    def run(self, *args: str, code: int = 2, names: tuple[str, ...] = (), writes: bool = False) -> str:
-        """Run `granalign args`; assert the exit status, that stderr has a `granalign...`
-        error line naming each of `names`, no traceback, and (unless `writes`) that nothing
-        under the working folder was written or changed. Returns the whole stderr."""
-        before = snapshot(self.root)
-        self.capsys.readouterr()
-        try:
-            rc = main(list(args))
-        except SystemExit as e:  # argparse
-            rc = e.code if isinstance(e.code, int) else 2
-        err = self.capsys.readouterr().err
-        assert rc == code, f"exit {rc}, expected {code}; stderr:\n{err}"
-        assert "Traceback" not in err, err
-        lines = [x for x in err.strip().splitlines() if x.startswith("granalign")]
-        assert lines, f"no 'granalign...' error line in stderr:\n{err}"
-        for name in names:
-            assert name in lines[-1], f"{name!r} not in the error line: {lines[-1]}"
-        assert len(lines[-1]) < 600, f"not one short line: {lines[-1]}"
-        if not writes:
-            after = snapshot(self.root)
-            changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-            changed = {k for k in changed if not k.endswith(".lock")}  # lock files carry no data
-            assert not changed, f"written or changed: {sorted(changed)}"
-        return err
-
-    def write(self, name: str, text: str | bytes) -> Path:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(text, bytes):
-            path.write_bytes(text)
-        else:
-            path.write_text(text)
-        return path
-
-
-@pytest.fixture()
-def ws(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    root = tmp_path / "work"
-    root.mkdir()
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("GRANALIGN_CACHE", str(root / "cache"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.setenv("GRANALIGN_OPTUNA_STORAGE", f"sqlite:///{root / 'optuna.db'}")
-    return Workspace(root, capsys)
 
 
 # ============================================================================ predictions

@@ -185,6 +185,21 @@ def test_toy_import_pads_truncates_and_reports_missing(tmp_path: Path) -> None:
     assert any("missing videos: absent" in line for line in r.lines())
 
 
+def test_blank_captions_are_counted_and_filled_not_embedded_as_empty_text(tmp_path: Path) -> None:
+    """Empty, whitespace-only and zero-width-space descriptions used to import silently and
+    be embedded as empty text; each now takes the nearest earlier caption and is counted."""
+    caps = {"v": _lines(*({"moment": i, "description": d} for i, d in
+                          enumerate(["", "a dog", " ", "\u200b", "a cat", "\u200b \t"])))}
+    ds, root = _toy(tmp_path, caps, {"v": 12})
+    cache = Cache(tmp_path / "cache")
+    r = import_captions(cache, ds, folder=root / "qv/captions/minigptv2/val", progress=False)
+    entry = cache.get(caption_producer("minigptv2", "agnostic"), video_item("qv", "v"))
+    assert entry is not None and entry.value == ["a dog", "a dog", "a dog", "a dog", "a cat", "a cat"]
+    assert entry.meta["blank_filled"] == 4
+    assert r.counts["blank_captions_filled"] == 4 and r.counts["videos_with_blank_captions"] == 1
+    assert any("4 descriptions in 1 caption files were empty" in line for line in r.lines())
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -204,6 +219,7 @@ def test_toy_import_pads_truncates_and_reports_missing(tmp_path: Path) -> None:
         ("\n", r"v\.jsonl: no captions"),
         (_lines({"moment": 0, "description": " "}, {"moment": 1, "description": ""}),
          r"v\.jsonl: every description is empty"),
+        (_lines({"moment": 0, "description": "\u200b"}), r"v\.jsonl: every description is empty"),
     ],
 )
 def test_bad_caption_files_name_file_and_line(tmp_path: Path, text: str, match: str) -> None:
@@ -275,6 +291,11 @@ def test_toy_paraphrases_share_text_and_report_missing(tmp_path: Path) -> None:
         ([_para_row(1, "a dog runs"), _para_row(2, "a cat stands")],
          r"p\.jsonl:2: qid 2 has query 'a cat stands' but qv:val has 'a cat sits'"),
         ([_para_row(1, "a dog runs", n=4)], r"p\.jsonl:1: field 'rephrased_query' has 4 paraphrases; expected a list of 5"),
+        ([_para_row(1, "a very long query " * 20, n=3)], r"p\.jsonl:1: field 'rephrased_query' has 3 paraphrases"),
+        ([{**_para_row(1, "a dog runs " * 20), "rephrased_query": ["a " * 50, "", "c", "d", "e"]}],
+         r"p\.jsonl:1: field 'rephrased_query' paraphrase 2 of 5 is empty"),
+        ([{**_para_row(1, "a dog"), "rephrased_query": ["a", "b", "\u200b", "d", "e"]}],
+         r"paraphrase 3 of 5 is empty"),
         ([_para_row(1, "a dog runs"), _para_row(1, "a dog runs")],
          r"p\.jsonl:2: qid 1 appears twice \(also line 1\)"),
         ([{"qid": "1", "query": "a dog runs", "rephrased_query": []}], r"p\.jsonl:1: field 'qid'"),

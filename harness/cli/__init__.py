@@ -9,9 +9,11 @@ as one line, `granalign: error: ...`, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from harness import __version__
 from harness.cli import cache, ls, run, study
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     `harness.core.processes`); anything else is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _NamedStdout(stdout)  # type: ignore[assignment]
     with signals_handled():
         try:
             _check_working_folder()
@@ -55,11 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"granalign: {what}; what was finished is kept, a rerun resumes", file=sys.stderr)
             return exit_status(e)
         except Exception as e:
-            message = user_message(_name_stdout(e))
+            message = user_message(e)
             if message is None:
                 raise
             print(f"granalign: error: {message}", file=sys.stderr)
             return 2
+        finally:
+            sys.stdout = stdout
 
 
 def _check_working_folder() -> None:
@@ -71,19 +77,30 @@ def _check_working_folder() -> None:
                            "cd to an existing folder and run again") from None
 
 
-def _name_stdout(e: Exception) -> Exception:
-    """A write error without a file name raised while printing is standard output's (a full
-    disk under `> file`, a closed pipe): say so."""
-    if isinstance(e, OSError) and e.filename is None and _stdout_failed():
-        # what stays buffered would fail again at exit, with a second message
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+class _NamedStdout:
+    """Standard output whose write errors say it is standard output (a full disk under
+    `> file`), after which what stays buffered is sent nowhere, so that it cannot fail a
+    second time at exit."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            raise self._named(e) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise self._named(e) from None
+
+    def _named(self, e: OSError) -> OSError:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no real stdout: a test's capture
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
         return OSError(e.errno, e.strerror or str(e), "standard output")
-    return e
 
-
-def _stdout_failed() -> bool:
-    try:
-        sys.stdout.flush()
-    except OSError:
-        return True
-    return False
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

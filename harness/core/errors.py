@@ -108,6 +108,8 @@ def store_failure(e: BaseException) -> str | None:
             return DISK_FULL
         if isinstance(c, OSError) and c.errno == errno.EROFS:
             return "a read-only file system"
+        if type(c).__name__ == "NoSuchModuleError":  # SQLAlchemy: an unknown `scheme+driver`
+            return f"SQLAlchemy knows no such database driver ({c})"
         if isinstance(c, ModuleNotFoundError):
             return (f"the database driver {c.name!r} is not installed (pip install "
                     f"{_DRIVERS.get(c.name or '', c.name)})")

@@ -35,19 +35,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            self._alias_mark = self.peek_event().start_mark
+            self._aliases = True
         return super().compose_node(parent, index)
 
     def get_single_node(self) -> yaml.Node | None:
         node = super().get_single_node()
-        if node is not None and getattr(self, "_aliases", 0):
-            _check_expansion(node, self._alias_mark)
+        if node is not None and getattr(self, "_aliases", False):
+            _check_expansion(node)
         return node
 
 
-def _check_expansion(root: yaml.Node, mark: yaml.Mark | None) -> None:
-    """Raise _AliasBomb when the document's aliases expand past MAX_EXPANDED or loop.
+def _check_expansion(root: yaml.Node) -> None:
+    """Raise _AliasBomb when the document's aliases expand past MAX_EXPANDED or loop, with
+    the line of the first (innermost) value that expands too far.
     Sizes are computed once per node (shared nodes are counted at each use, which is what
     expanding does), so the check costs one pass over the nodes as written."""
     size: dict[int, int] = {}
@@ -68,7 +68,7 @@ def _check_expansion(root: yaml.Node, mark: yaml.Mark | None) -> None:
             total = 1 + sum(weigh(k) + weigh(v) for k, v in node.value)
         open_.discard(key)
         if total > MAX_EXPANDED:
-            raise _AliasBomb(mark, f"its aliases expand to more than {MAX_EXPANDED:,} characters")
+            raise _AliasBomb(node.start_mark, f"aliases expand this value to more than {MAX_EXPANDED:,} characters")
         size[key] = total
         return total
 
@@ -123,5 +123,5 @@ def load_yaml(path: Path) -> Any:
     except UnicodeDecodeError as e:
         kind = binary_kind(data)
         raise ConfigError(f"{path}: " + (f"the file is {kind}; expected YAML text" if kind else
-                                         f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})")) from None
+                                         f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}; expected utf-8)")) from None
     return parse_yaml(text, str(path))

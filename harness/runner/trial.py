@@ -27,6 +27,7 @@ from harness.cache.store import Cache
 from harness.config.experiment import ExperimentConfig
 from harness.config.settings import Settings
 from harness.core.errors import HarnessError
+from harness.core.faults import fault_point
 from harness.core.io import (
     atomic_write_text,
     folder_mode,
@@ -285,6 +286,7 @@ def write_outputs(
             atomic_write_text(tmp / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
         atomic_write_text(tmp / "run_info.json", json.dumps(json_safe(info), indent=2, allow_nan=False) + "\n")
+        fault_point("run:writing")  # tests kill here: a complete temp folder, not yet in place
         replace_folder(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
