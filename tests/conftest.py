@@ -99,8 +99,8 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """relative path -> (size, mtime_ns) of every file and folder under `root`."""
     out = {}
     for p in root.rglob("*"):
-        st = p.stat()
-        out[str(p.relative_to(root))] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
+        st = p.lstat()  # a symlink as it is (a dangling one too)
+        out[str(p.relative_to(root))] = (st.st_size if p.is_file() and not p.is_symlink() else -1, st.st_mtime_ns)
     return out
 
 

@@ -483,13 +483,23 @@ def test_a_row_another_process_computes_is_running_elsewhere_never_failed(
            "--out", str(tmp_path / "first")]
     log = tmp_path / "first.log"
     with process_group(cmd, cli_env(**{FAULT_ENV: "table-row:start#lam=0.2|sleep=25"}), log) as proc:
-        wait_until("row lam=0.2 running", lambda: trial_states(storage)["RUNNING"] >= 1, 180, proc, log)
+        def slow_row_running() -> bool:
+            import optuna
+
+            with contextlib.suppress(Exception):
+                (s,) = optuna.get_all_study_summaries(storage)
+                study = optuna.load_study(study_name=s.study_name, storage=storage)
+                return any(t.state.name == "RUNNING" and t.params.get("row") == "lam=0.2" for t in study.trials)
+            return False
+
+        wait_until("row lam=0.2 running", slow_row_running, 180, proc, log)
         settings = Settings(demo=True, cache_dir=str(demo_cache), storage=storage, tracking_uri=uri,
                             out_dir=str(tmp_path / "second"), artifacts=False)
         second = run_table("C2", settings, echo=False)
         assert isinstance(second.results["lam=0.2"], Running), second.results["lam=0.2"]
         assert "running elsewhere" in second.rendered["md"] and "failed" not in second.rendered["md"]
-        assert not (tmp_path / "second" / "tables").exists()  # not written as the table
+        written = [p.name for p in (tmp_path / "second").rglob("tableC2*") if p.is_file()]
+        assert written == []  # not written as the table (per-query files of its own rows are kept)
         assert proc.wait(timeout=240) == 0, log.read_text()
     parent = [r for r in mlflow_runs(uri, "table-C2") if r.data.tags.get("granalign.kind") == "parent"]
     logged = {k: v for k, v in parent[0].data.tags.items() if k.startswith(TABLE_TAG + ".table")}

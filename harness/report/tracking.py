@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import queue
@@ -329,6 +330,9 @@ class _Client:
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient  # lazy: heavy optional (mlflow, 2 s)
 
+        # MLflow logs a database error with its traceback before raising it: the raised error
+        # is reported here, as one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self._uri = uri
         self._client = store_call(STORE, uri, lambda: MlflowClient(uri))
 
