@@ -143,3 +143,15 @@ def test_a_two_worker_sweep_on_postgres_survives_a_killed_worker(
         if t.state.name == "COMPLETE":
             cfg = base.replace(**config_values(spec.space, t.params))
             assert brief(trial(pool.get(cfg), cfg, highlights=False))["MR-full-mAP"] == t.value
+
+
+def test_the_readme_url_form_works_as_written(pg_url: str) -> None:
+    """`postgresql://user@host/db`, as the README writes it: SQLAlchemy maps it to psycopg 3,
+    which the harness installs (it used to fail with "No module named 'psycopg'")."""
+    import optuna
+
+    plain = "postgresql://" + pg_url.split("://", 1)[1]
+    storage = open_storage(plain)
+    study = optuna.create_study(study_name="readme-form", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="readme-form", storage=plain).trials) == 2
