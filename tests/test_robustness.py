@@ -584,3 +584,12 @@ def test_predictions_can_come_from_a_pipe(tmp_path: Path, data_root: Path) -> No
                              cwd=REPO, env=cli_env(), stdin=stdin, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "brief" in json.loads(res.stdout)
+
+
+def test_a_storage_path_with_braces_is_a_path(ws: Workspace, demo_cache: Path) -> None:
+    """Optuna fills `{SCHEMA_VERSION}` in a storage URL with `str.format`: a folder named
+    `{...}` used to fail with 'Replacement index 0 out of range'."""
+    (ws.root / "{...}").mkdir()
+    ws.run("sweep", str(DEMO_SWEEP), "--demo", "--cache", str(demo_cache), "--n-trials", "1",
+           "--storage", f"sqlite:///{ws.root}/{{...}}/optuna.db", code=0, writes=True)
+    assert (ws.root / "{...}" / "optuna.db").is_file()

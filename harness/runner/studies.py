@@ -114,7 +114,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}}
     with file_lock(lock_beside(db)):
         try:
-            storage = store_call(STORE, url, lambda: optuna.storages.RDBStorage(url, **kwargs))
+            storage = store_call(STORE, url, lambda: optuna.storages.RDBStorage(_template(url), **kwargs))
         except (sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError) as e:
             raise StoreError(f"{db or redact(url)}: the Optuna storage cannot be opened "
                              f"({getattr(e, 'orig', None) or e})") from None
@@ -123,6 +123,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 STORE = "Optuna storage"
+
+
+def _template(url: str) -> str:
+    """`url` as Optuna's URL template: Optuna fills `{SCHEMA_VERSION}` with `str.format`, so
+    any other brace (a folder named `{...}`) is doubled to stay itself."""
+    return url.replace("{", "{{").replace("}", "}}").replace("{{SCHEMA_VERSION}}", "{SCHEMA_VERSION}")
 
 
 def _name_the_store(url: str) -> Callable[[Any], None]:
