@@ -184,6 +184,36 @@ def test_a_backfilled_run_is_the_run_the_trial_would_have_written(
         assert r.data.tags["team"] == "vision"
 
 
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, demo_cache: Path, mlflow_db_template: Path) -> None:
+    """The first Ctrl-C gives the MLflow writer time to write what is queued (here a slow
+    writer: 3 s a run); a second one does not wait for it. A rerun writes what it left."""
+    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(DEMO_SWEEP), "--demo", *stores(tmp_path, demo_cache),
+           "--n-trials", "400"]
+    log = tmp_path / "sweep.log"
+    with process_group(cmd, cli_env(**{FAULT_ENV: "mlflow-writer:run|sleep=3"}), log) as proc:
+        wait_until("6 finished trials", lambda: trial_states(storage)["COMPLETE"] + trial_states(storage)["PRUNED"] >= 6,
+                   180, proc, log)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the writer had runs to write: the first Ctrl-C waits for it"
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 3, log.read_text()
+        assert group_gone(proc.pid), log.read_text()
+    assert code == 130 and "Traceback" not in log.read_text(), log.read_text()
+    again = subprocess.run([*cmd[:-2], "--n-trials", "1"], cwd=REPO, env=cli_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    states = trial_states(storage)
+    runs = [r for r in mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "sweep-demo")
+            if r.data.tags.get("granalign.kind") == "trial" and r.info.status == "FINISHED"]
+    assert len(runs) == states["COMPLETE"] + states["PRUNED"]
+
+
 # -- Ctrl-C during a table with workers ---------------------------------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_during_a_table_with_workers_is_one_line_and_a_rerun_completes(
@@ -242,14 +272,11 @@ def test_a_temp_file_of_a_live_process_is_kept(tmp_path: Path) -> None:
 # -- hostile YAML ---------------------------------------------------------------------------------
 def _bomb_config(ws: Workspace, where: str) -> Path:
     text = BOMB + "base: " + str(DEMO_CONFIG) + "\n"
-    if where == "tags":
-        text += "tags: {x: *i}\n"
-    else:
-        text += "name: *i\n"
+    text += {"tags": "tags: {x: *i}\n", "name": "name: *i\n", "pairing": "pairing: *i\n"}[where]
     return ws.write("bomb.yaml", text)
 
 
-@pytest.mark.parametrize("where", ["tags", "name"])
+@pytest.mark.parametrize("where", ["tags", "name", "pairing"])
 def test_an_alias_bomb_in_a_run_config_is_refused_at_once(where: str, ws: Workspace, demo_cache: Path) -> None:
     cfg = _bomb_config(ws, where)
     t0 = time.monotonic()

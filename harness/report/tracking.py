@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.faults import fault_point
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.processes import Children
 from harness.core.provenance import git_commit, package_versions
@@ -392,6 +393,7 @@ def _write_runs(uri: str, sink: Any) -> None:
     """The RunWriter's process: write every run sent until the end marker (None)."""
     client = mlflow_client(uri)
     while (message := sink.get()) is not None:
+        fault_point("mlflow-writer:run")  # tests slow the writer down here (`|sleep=S`)
         _send_run(client, *message)
 
 
