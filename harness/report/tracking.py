@@ -315,11 +315,20 @@ class Tracker:
         self.client.log_artifact(run_id, str(local), folder)
 
     def children(self, parent_id: str) -> list[Any]:
-        return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-            max_results=5000,
-        )
+        """Every child run of a parent, page after page (a sweep may have more runs than one
+        page holds; a run missed here would be written again by `backfill_runs`)."""
+        out: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                max_results=5000, page_token=token,
+            )
+            out.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return out
 
 
 class _Client:
