@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.core.errors import HarnessError, StoreError, store_failure
+from harness.core.errors import HarnessError, StoreError
 from harness.core.faults import fault_point
 from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
 from harness.core.stages import CACHE_STAGES, STAGES, stage_order
-from harness.core.stores import check_sqlite_file
+from harness.core.stores import check_sqlite_file, explain
 
 CACHE_ENV = "GRANALIGN_CACHE"
 DEFAULT_CACHE = Path(".granalign") / "cache"
@@ -253,14 +253,14 @@ class Cache:
                 return
             with contextlib.suppress(sqlite3.Error):
                 self.con.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error) and (reason := store_failure(exc)) is not None:
+            if isinstance(exc, sqlite3.Error) and (reason := explain(exc, f"sqlite:///{self.db}")) is not None:
                 raise StoreError(f"{self.db}: the cache cannot be written: {reason}") from None
 
         def _do(self, sql: str) -> None:
             try:
                 self.con.execute(sql)
             except sqlite3.Error as e:
-                reason = store_failure(e)
+                reason = explain(e, f"sqlite:///{self.db}")
                 if reason is None:
                     raise
                 with contextlib.suppress(sqlite3.Error):

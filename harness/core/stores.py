@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from harness.core.errors import (
+    DISK_FULL,
     ConfigError,
     HarnessError,
     StoreError,
@@ -145,6 +146,28 @@ def retry_seconds() -> float:
     return value
 
 
+def explain(e: BaseException, url: str) -> str | None:
+    """`store_failure(e)`, made exact for an SQLite store: SQLite reports a full disk under
+    its WAL or shared-memory file as a 'disk I/O error'; a file system with no byte left is
+    a full disk."""
+    reason = store_failure(e)
+    db = sqlite_path(url)
+    if reason is not None and reason.startswith("a disk I/O error") and db is not None and disk_full(db):
+        return DISK_FULL
+    return reason
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the file system of `path` (or of its folder) has no space left for a user."""
+    for p in (path, path.parent):
+        try:
+            st = os.statvfs(p)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize < 64 * 1024
+    return False
+
+
 def store_name(url: str) -> str:
     """How a message names a store: its SQLite file, else its URL without the password."""
     db = sqlite_path(url)
@@ -165,7 +188,7 @@ def store_call(what: str, url: str, call: Callable[[], T]) -> T:
         except HarnessError:
             raise
         except Exception as e:
-            reason = store_failure(e)
+            reason = explain(e, url)
             if reason is None:
                 raise
             left = deadline - time.monotonic()

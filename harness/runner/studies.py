@@ -36,7 +36,6 @@ import sqlalchemy  # a dependency of optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.core.errors import store_failure
 from harness.core.io import sha256_hex
 from harness.core.processes import Children, command_pid, pid_alive
 from harness.core.results import Failed
@@ -44,6 +43,7 @@ from harness.core.stores import (
     OPTUNA_SCHEMES,
     StoreError,
     check_store_url,
+    explain,
     file_lock,
     lock_beside,
     redact,
@@ -137,7 +137,7 @@ def _name_the_store(url: str) -> Callable[[Any], None]:
     would wrap it in 'invalid data in the commit' with six chained tracebacks)."""
 
     def hook(context: Any) -> None:
-        reason = store_failure(context.original_exception)
+        reason = explain(context.original_exception, url)
         if reason is not None:
             raise StoreError(f"{store_name(url)}: the {STORE} cannot be used: {reason}")
 
