@@ -226,6 +226,9 @@ def test_a_runs_fingerprint_covers_the_content_it_read(cache_dir: Path) -> None:
     base = fp()
     assert len(base) == 64 and fp() == base
     assert fp((("q", "Ca"), ("qp", "Ca"))) != base  # reads the paraphrases too
+    shared = Cache(cache_dir, readonly=True)  # one Cache serving two runs: each its own reads
+    prepare(shared, ds, spec, (("q", "Ca"), ("qp", "Ca")))
+    assert prepare(shared, ds, spec, (("q", "Ca"),)).fingerprint == base
     cache.put(caption_producer("minigptv2", "agnostic"), video_item("toy", "v9"), ["not read"])
     embed_by_hash(cache, ["not read"])
     assert fp() == base  # another video's captions: not read, not covered
