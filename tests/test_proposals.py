@@ -179,3 +179,15 @@ def test_merge_mode_merges_when_the_merged_mean_equals_the_percentile():
     # 0.625 exactly and merges; [2,3]+[4] (1.75 / 3 = 0.583) does not
     spans = moment_proposals(curve, MPGParams(top_k=100, gap=2, n=70, lam=0.0, prune="merge"))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 0), (2, 3), (4, 4)]
+
+
+@pytest.mark.parametrize("prune, n", [("frames", 90), ("spans", 100)])
+def test_the_best_span_survives_a_cut_above_every_span(prune: str, n: float):
+    # top_k 4: threshold 0.7 selects frames 0, 3 (1.0) and 8, 11 (0.75); gap 3 makes the
+    # spans [0,3] (mean 0.5) and [8,11] (mean 0.375). The 90th percentile of the frame
+    # scores is 0.75 + 0.9 * 0.25 = 0.975, above both means; dropping the bottom 100% of the
+    # spans drops both: the best span ([0,3]) is kept all the same.
+    curve = np.array([[1.0, 0, 0, 1.0, 0, 0, 0, 0, 0.75, 0, 0, 0.75]])
+    spans = moment_proposals(curve, MPGParams(top_k=4, gap=3, n=n, lam=0.0, prune=prune))
+    assert list(zip(spans.first, spans.last, strict=True)) == [(0, 3)]
+    np.testing.assert_allclose(spans.score, [0.5])
