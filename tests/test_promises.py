@@ -109,13 +109,14 @@ def test_sweep_computes_a_missing_input_only_with_a_declared_substitution(
     s = settings(tmp_path / "sub", demo_cache, mlflow_db_template, overrides={"frame_filter": "caption-text"},
                  substitutions=("Cq=Ca",))
     summary = run_sweep(DEMO_SWEEP, s, n_trials=3, echo=False)
+    spec = load_sweep(DEMO_SWEEP)
+    assert summary["study"] != spec.study_name(plain.resolved_overrides())  # a study of its own
     study = optuna.load_study(study_name=summary["study"], storage=s.storage)
     assert [t.state.name for t in study.trials].count("FAIL") == 0 and len(study.trials) == 3
     runs = children(s, "sweep-demo")
     assert len(runs) == 3 and {r.data.tags[SUBSTITUTIONS_TAG] for r in runs} == {"Cq=Ca"}
     assert {r.data.params["pairing"] for r in runs} == {'[["qs","Ca"],["qd","Ca"]]'}
     # each complete trial's value is what the substituted pairing gives
-    spec = load_sweep(DEMO_SWEEP)
     base = load_config(DEMO, {"frame_filter": "caption-text", "pairing": "qs-Ca+qd-Ca"})
     pool = InputPool(Cache(demo_cache))
     for t in study.trials:

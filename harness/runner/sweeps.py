@@ -69,13 +69,19 @@ class SweepSpec:
     path: Path
 
     def base_config(self, extra: Mapping[str, Any] | None = None) -> ExperimentConfig:
-        return load_config(self.path.parent / self.base, {**self.overrides, **(extra or {})})
+        """The base config under `extra` (`Settings.resolved_overrides()`), whose `substitute`
+        says how missing inputs are stood in for: not a config key, so not applied here."""
+        keys = {k: v for k, v in (extra or {}).items() if k != "substitute"}
+        return load_config(self.path.parent / self.base, {**self.overrides, **keys})
 
     def digest(self, extra: Mapping[str, Any]) -> str:
-        return sha256_hex(canonical_json({
+        key: dict[str, Any] = {
             "base": self.base_config(extra).hash(), "space": self.space,
             "objectives": self.objectives, "sampler": self.sampler, "pruner": self.pruner,
-        }))[:8]
+        }
+        if (extra or {}).get("substitute"):  # a substituted sweep is a study of its own
+            key["substitute"] = list(extra["substitute"])
+        return sha256_hex(canonical_json(key))[:8]
 
     def study_name(self, extra: Mapping[str, Any]) -> str:
         return f"sweep-{self.name}-{self.digest(extra)}"
