@@ -8,18 +8,20 @@ folder once, applies each mutant there in turn (the checkout is never touched), 
 fast tests that cover that code with `-x`, and prints which test killed it, or SURVIVED.
 The unmutated copy is run first: its tests must pass.
 
-    python benchmarks/mutants.py              # every mutant (about 10 minutes on 2 cores)
+    python benchmarks/mutants.py              # every mutant (about 8 minutes on 2 cores)
     python benchmarks/mutants.py M14 M28      # some
     python benchmarks/mutants.py --list       # what each one changes
+    python benchmarks/mutants.py M09 --tests tests/test_fast_trial.py   # other tests, same mutant
 
 Exit status 1 when a mutant survives or no longer applies (the line it changes is gone:
 update the list with the code). Needs GRANALIGN_DATA (the evaluator's conformance test
-reads the official reference files). Not part of `make test`: it runs the tests ~50 times.
+reads the official reference files). Not part of `make test`: it runs the tests ~60 times.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -39,6 +41,7 @@ METHOD = ("tests/test_scoring.py", "tests/test_proposals.py",
 EVAL = ("tests/test_eval.py", "tests/test_fast_trial.py::test_fast_trial_equals_the_reference_on_random_inputs")
 BOOTSTRAP = ("tests/test_bootstrap.py",)
 FINGERPRINT = ("tests/test_cache.py",)
+PROMISES = ("tests/test_promises.py",)  # on the demo: its cache is built once for all mutants
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,19 @@ MUTANTS = [
            "pass", "fingerprint: reads of an earlier preparation included", FINGERPRINT),
     Mutant("M52", "harness/cache/store.py", "pairs = sorted(self._read.items())", "pairs = sorted(self._read)",
            "fingerprint: keys only, not the content read", FINGERPRINT),
+    # -- promises of the README and the command line ------------------------------------------------
+    Mutant("M53", "harness/cache/embedders.py", 'suffix = "" if dtype == "float32" else f"#{dtype}"',
+           'suffix = ""', "the embedding dtype left out of the cache key", PROMISES),
+    Mutant("M54", "harness/runner/sweeps.py", 'cfg = best_config(spec, best["params"], overrides)',
+           "cfg = spec.base_config(overrides)", "--best-config: the trial's params not written", PROMISES),
+    Mutant("M55", "harness/cli/__init__.py", "return 130", "return 1", "an interrupt exits with status 1", PROMISES),
+    Mutant("M56", "harness/runner/sweeps.py", "self.subs = parse_substitutions(settings.substitutions)",
+           "self.subs = ()", "sweep --substitute ignored by the workers", PROMISES),
+    Mutant("M57", "harness/cli/run.py",
+           "res = run_config(cfg, args.out, cache, args.data_root, parse_substitutions(args.substitute or []))",
+           "res = run_config(cfg, args.out, cache, args.data_root, ())", "run --substitute ignored", PROMISES),
+    Mutant("M58", "harness/runner/sweeps.py", "if t.should_prune():", "if False:",
+           "the median pruner never prunes", PROMISES),
 ]
 
 
@@ -219,8 +235,9 @@ def apply(root: Path, m: Mutant) -> str:
     return text
 
 
-def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+def run_tests(root: Path, tests: tuple[str, ...], demo_cache: Path) -> tuple[int, str]:
+    env = {"GRANALIGN_TEST_DEMO_CACHE": str(demo_cache), **os.environ, "PYTHONPATH": str(root),
+           "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "--tb=no", "-rf", "-p", "no:cacheprovider", *tests],
         cwd=root, env=env, capture_output=True, text=True)
@@ -232,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ids", nargs="*", help="mutant ids (default: all)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--tests", nargs="+", default=None, metavar="TARGET",
+                    help="run these pytest targets against every chosen mutant instead of its own")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.ids or m.id in args.ids]
     if args.list:
@@ -239,14 +258,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.id}  {m.path:<30}  {m.what}\n      - {m.old.splitlines()[-1].strip()}\n"
                   f"      + {m.new.splitlines()[-1].strip()}")
         return 0
+    if args.tests:
+        chosen = [dataclasses.replace(m, tests=tuple(args.tests)) for m in chosen]
     with tempfile.TemporaryDirectory(prefix="granalign-mutants-") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "tree"
+        demo_cache = Path(tmp) / "demo-cache"  # the demo tests' cache, built by the baseline run
         for f in tree_files():
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, root / f)
         suites = sorted({t for m in chosen for t in m.tests})
         t0 = time.perf_counter()
-        rc, first = run_tests(root, tuple(suites))
+        rc, first = run_tests(root, tuple(suites), demo_cache)
         print(f"baseline (unmutated) {len(suites)} test targets: {'pass' if rc == 0 else 'FAIL ' + first} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if rc != 0:
@@ -262,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{m.id:<4}  {m.what:<62}  NO LONGER APPLIES ({e})", flush=True)
                 continue
             try:
-                rc, first = run_tests(root, m.tests)
+                rc, first = run_tests(root, m.tests, demo_cache)
             finally:
                 (root / m.path).write_text(original)
             if rc == 0:
