@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from harness.core.results import MissingInputs
 from harness.eval import brief
 from harness.runner.settings import Settings
 from harness.runner.studies import open_storage
-from harness.runner.sweeps import config_values, load_sweep, run_sweep
+from harness.runner.sweeps import TRIAL_GATE_ENV, config_values, load_sweep, run_sweep
 from harness.runner.trial import SUBSTITUTIONS_TAG, InputPool, embedder_model, trial
+from tests.sweep_gate import waiting_at
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "experiments" / "demo.yaml"
@@ -141,32 +141,19 @@ def test_the_embedding_dtype_is_part_of_the_embeddings_cache_key(demo_cache: Pat
 
 
 # -- an interrupt exits with status 130 ------------------------------------------------------------
-def _running_trial(storage: str) -> bool:
-    try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
-        if not names:
-            return False
-        study = optuna.load_study(study_name=names[0], storage=open_storage(storage))
-        return any(t.state.name == "RUNNING" and t.params for t in study.get_trials(deepcopy=False))
-    except Exception:  # not created yet
-        return False
-
-
-@pytest.mark.slow  # a subprocess: about 15 s
+@pytest.mark.slow  # a subprocess: about 25 s
 def test_an_interrupted_sweep_exits_with_status_130(tmp_path: Path, demo_cache: Path,
                                                     mlflow_db_template: Path) -> None:
     shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
+    gate = tmp_path / "gate"  # the trial waits there, never opened: ^C lands mid-trial
     cmd = [sys.executable, "-m", "harness.cli", *sweep_args(tmp_path, demo_cache), "--n-trials", "3"]
-    env = {**os.environ, "GRANALIGN_TRIAL_DELAY": "300", "PYTHONWARNINGS": "ignore",
+    env = {**os.environ, TRIAL_GATE_ENV: str(gate), "PYTHONWARNINGS": "ignore",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        # the trial sleeps 300 s once sampled: wait for it (polling, generous bound), then ^C
-        deadline = time.monotonic() + 120
-        while not _running_trial(f"sqlite:///{tmp_path}/optuna.db"):
-            assert proc.poll() is None and time.monotonic() < deadline, "no trial started"
-            time.sleep(0.3)
+        (pid,) = waiting_at(gate, 1, lambda: proc.poll() is None)
+        assert pid == proc.pid  # one worker: the command's own process
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -176,6 +163,9 @@ def test_an_interrupted_sweep_exits_with_status_130(tmp_path: Path, demo_cache: 
     assert proc.returncode == 130, err
     assert "granalign: interrupted; what was finished is kept, a rerun resumes" in err
     assert "Traceback" not in err
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db")[0]
+                              .study_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert not [t for t in study.trials if t.state.name == "COMPLETE"]
 
 
 # -- the median pruner prunes --------------------------------------------------------------------

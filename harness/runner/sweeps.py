@@ -49,6 +49,10 @@ from harness.runner.trial import SUBSTITUTIONS_TAG, get_or_substitute, ground_tr
 
 PRUNE_FRACTIONS = (0.25, 0.5)
 TRIAL_DELAY_ENV = "GRANALIGN_TRIAL_DELAY"  # test hook: seconds each trial sleeps (a slow trial)
+# test hook: each trial, once sampled, creates `<file>.<pid>` and waits until <file> exists (at
+# most 10 minutes), so a test knows each worker is inside a trial, at this line, and can kill
+# or interrupt one there before any trial can end
+TRIAL_GATE_ENV = "GRANALIGN_TRIAL_GATE"
 _SPACE_TYPES = ("float", "int", "categorical")
 _SWEEP_KEYS = ("name", "base", "overrides", "objectives", "space", "sampler", "pruner")
 
@@ -365,6 +369,7 @@ class SweepWorker:
             self.tracker.log_dataset(run_id, self.dataset.label, self.dataset_digest, self.dataset.source)
             if self.delay:
                 time.sleep(self.delay)
+            _wait_for_gate()
             if len(self.spec.objectives) == 1 and self.spec.pruner:
                 metric = self.spec.objectives[0][0]
                 for step, frac in enumerate(PRUNE_FRACTIONS):
@@ -391,6 +396,16 @@ class SweepWorker:
                 self.tracker.set_tags(run_id, {"status": "failed", "error": failed.reason})
                 self.tracker.finish(run_id, "FAILED")
             self.study.tell(t, state=TrialState.FAIL)
+
+
+def _wait_for_gate() -> None:
+    gate = os.environ.get(TRIAL_GATE_ENV)
+    if not gate:
+        return
+    Path(f"{gate}.{os.getpid()}").touch()
+    deadline = time.monotonic() + 600
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _sweep_worker_main(space: str, settings: Settings, parent_id: str, n_trials: int, worker: int,
