@@ -149,8 +149,10 @@ def test_an_interrupted_sweep_exits_with_status_130(tmp_path: Path, demo_cache: 
     cmd = [sys.executable, "-m", "harness.cli", *sweep_args(tmp_path, demo_cache), "--n-trials", "3"]
     env = {**os.environ, TRIAL_GATE_ENV: str(gate), "PYTHONWARNINGS": "ignore",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # SIGINT at its default in the command, as at a terminal: a test run started in the
+    # background (nohup, `cmd &` in a script) ignores SIGINT, and its children inherit that
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         (pid,) = waiting_at(gate, 1, lambda: proc.poll() is None)
         assert pid == proc.pid  # one worker: the command's own process
