@@ -294,3 +294,16 @@ def test_adding_a_hyperparameter_is_one_declaration_plus_its_use_in_the_method()
     assert toy_mpg(**base.values("mpg")).toy_bias == 0.0
     # and the real config is untouched: the same hash as before the toy existed
     assert "toy_bias" not in ExperimentConfig().reads()
+
+
+def test_every_mutant_of_the_mutation_check_still_applies() -> None:
+    """`benchmarks/mutants.py` changes exact source lines: a refactor that moves one must
+    move the mutant too, or the check silently tests less (it reports NO LONGER APPLIES)."""
+    spec = importlib.util.spec_from_file_location("granalign_mutants", REPO / "benchmarks" / "mutants.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["granalign_mutants"] = module
+    spec.loader.exec_module(module)
+    stale = [f"{m.id} ({m.path}): found {(REPO / m.path).read_text().count(m.old)} times"
+             for m in module.MUTANTS if (REPO / m.path).read_text().count(m.old) != 1]
+    assert not stale, stale
