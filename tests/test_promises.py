@@ -129,15 +129,17 @@ def test_sweep_computes_a_missing_input_only_with_a_declared_substitution(
 
 # -- the embedding dtype in the cache key ----------------------------------------------------------
 def test_the_embedding_dtype_is_part_of_the_embeddings_cache_key(demo_cache: Path) -> None:
-    assert embedder_model_id({"type": "minilm"}) == MINILM_ID
-    assert embedder_model_id({"type": "minilm", "dtype": "float32"}) == MINILM_ID
-    assert embedder_model_id({"type": "minilm", "dtype": "bfloat16"}) == f"{MINILM_ID}#bfloat16"
-    f32 = ExperimentConfig(dataset="demo:val")
+    torch = {"type": "minilm", "backend": "torch"}
+    assert embedder_model_id(torch) == MINILM_ID
+    assert embedder_model_id({**torch, "dtype": "float32"}) == MINILM_ID
+    assert embedder_model_id({**torch, "dtype": "bfloat16"}) == f"{MINILM_ID}#bfloat16"
+    f32 = ExperimentConfig(dataset="demo:val", embedder_backend="torch")
     bf16 = f32.replace(embedder_dtype="bfloat16")
     assert embedder_model(bf16) == f"{MINILM_ID}#bfloat16" != embedder_model(f32)
     assert bf16.hash() != f32.hash()
-    # the demo is embedded in float32: a bfloat16 run finds nothing to read, and says so
-    InputPool(Cache(demo_cache)).get(f32)
+    # the demo is embedded in float32 (by the default backend): a bfloat16 run finds
+    # nothing to read, and says so
+    InputPool(Cache(demo_cache)).get(f32.replace(embedder_backend=None))
     with pytest.raises(MissingInputs, match=f"missing: embeddings/{MINILM_ID}#bfloat16"):
         InputPool(Cache(demo_cache)).get(bf16)
 

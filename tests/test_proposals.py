@@ -168,10 +168,10 @@ def test_a_span_whose_mean_equals_the_percentile_is_kept():
     # exactly, and the spans [2,2] and [4,4] have mean 0.25 exactly: "not in the bottom
     # n%" keeps them (mean >= cut); a strict comparison would drop both.
     curve = np.array([[0.75, 0.0, 0.25, 0.0, 0.25]])
-    spans = moment_proposals(curve, MPGParams(top_k=100, gap=0, n=50, lam=0.0))
+    spans = moment_proposals(curve, mpg(top_k=100, gap=0, n=50, lam=0.0))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 0), (2, 2), (4, 4)]
     # a cut above them (80th percentile: 0.25 + 0.2 * 0.5 = 0.35): only the best span is left
-    spans = moment_proposals(curve, MPGParams(top_k=100, gap=0, n=80, lam=0.0))
+    spans = moment_proposals(curve, mpg(top_k=100, gap=0, n=80, lam=0.0))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 0)]
 
 
@@ -181,11 +181,11 @@ def test_merge_mode_merges_when_the_merged_mean_equals_the_percentile():
     # n=50: the cut is 0.5 (sorted [0, 0, .5, .5, .75, .75]); merged means 1.5 / 3, 2 / 4,
     # 2.5 / 5 are all 0.5 exactly: not below the cut, so everything merges into [0,4]
     curve = np.array([[0.75, 0.0, 0.75, 0.5, 0.5, 0.0]])
-    spans = moment_proposals(curve, MPGParams(top_k=100, gap=2, n=50, lam=0.0, prune="merge"))
+    spans = moment_proposals(curve, mpg(top_k=100, gap=2, n=50, lam=0.0, prune="merge"))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 4)]
     # n=70: the cut is 0.5 + 0.5 * 0.25 = 0.625. [0]+[2] (0.5) stays apart; [2]+[3] has mean
     # 0.625 exactly and merges; [2,3]+[4] (1.75 / 3 = 0.583) does not
-    spans = moment_proposals(curve, MPGParams(top_k=100, gap=2, n=70, lam=0.0, prune="merge"))
+    spans = moment_proposals(curve, mpg(top_k=100, gap=2, n=70, lam=0.0, prune="merge"))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 0), (2, 3), (4, 4)]
 
 
@@ -196,6 +196,6 @@ def test_the_best_span_survives_a_cut_above_every_span(prune: str, n: float):
     # scores is 0.75 + 0.9 * 0.25 = 0.975, above both means; dropping the bottom 100% of the
     # spans drops both: the best span ([0,3]) is kept all the same.
     curve = np.array([[1.0, 0, 0, 1.0, 0, 0, 0, 0, 0.75, 0, 0, 0.75]])
-    spans = moment_proposals(curve, MPGParams(top_k=4, gap=3, n=n, lam=0.0, prune=prune))
+    spans = moment_proposals(curve, mpg(top_k=4, gap=3, n=n, lam=0.0, prune=prune))
     assert list(zip(spans.first, spans.last, strict=True)) == [(0, 3)]
     np.testing.assert_allclose(spans.score, [0.5])

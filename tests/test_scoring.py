@@ -192,10 +192,10 @@ def test_proposals_come_from_every_variant_curve_and_the_mean():
     prep = prepared({("qs", "Ca"): sims}, [16.0], [8])
     kw = {"pairing": "qs-Ca", "m": 2, "normalisation": "raw", "top_k": 5, "gap": 6, "n": 20, "lam": 0.3,
           "tau": 0.9}
-    (p,) = predict(prep, _cfg(**kw))
+    (p,) = per_query(predict(prep, _cfg(**kw)))
     np.testing.assert_allclose(p.windows, [[0.0, 4.0], [12.0, 16.0], [0.0, 16.0]])
     np.testing.assert_allclose(p.scores, [1.0, 1.0, 0.475])
     np.testing.assert_allclose(p.saliency, [0.5, 0.5, 0, 0, 0, 0, 0.5, 0.5])
-    (p,) = predict(prep, _cfg(**kw, proposals_from="mean"))
+    (p,) = per_query(predict(prep, _cfg(**kw, proposals_from="mean")))
     np.testing.assert_allclose(p.windows, [[0.0, 16.0]])
     np.testing.assert_allclose(p.scores, [0.475])
