@@ -60,16 +60,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAction) -> None:
-    p = top.add_parser("table", help="reproduce a paper table (Optuna study over its rows, MLflow-tracked)")
+def _table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", help="table id (3, C1, 13, ...) or 'all'")
     p.add_argument("--from-mlflow", action="store_true", help="render from MLflow alone, compute nothing")
     _common(p)
     p.set_defaults(func=cmd_table)
-    s = top.add_parser("sweep", help="an Optuna hyperparameter sweep over a YAML search space")
+
+
+def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("space", help="sweep YAML (see experiments/sweeps/)")
     s.add_argument("--n-trials", type=positive_int, default=50, help="complete + pruned trials to reach")
     s.add_argument("--best-config", metavar="PATH", default=None,
                    help="write the best trial as a run config (YAML) that `granalign run` reproduces")
     _common(s)
     s.set_defaults(func=cmd_sweep)
+
+
+ARGUMENTS = {"table": _table_arguments, "sweep": _sweep_arguments}

@@ -20,6 +20,8 @@ from pathlib import Path
 from harness.core.errors import ConfigError, HarnessError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+CACHE_ENV = "GRANALIGN_CACHE"
+DEFAULT_CACHE = Path(".granalign") / "cache"
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
 MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
@@ -31,6 +33,11 @@ _QUERY_PASSWORD = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 def redact(text: str) -> str:
     """`text` with every URL password masked (`scheme://user:***@host`, `?password=***`)."""
     return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+def default_cache_dir() -> Path:
+    """The cache folder when none is given: `$GRANALIGN_CACHE`, else `.granalign/cache`."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
 class StoreError(HarnessError):
