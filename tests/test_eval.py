@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,14 @@ from harness.cli import main
 from harness.core.errors import DataError
 from harness.core.query import Query
 from harness.data import load_dataset
+from harness.data.qvhighlights import parse_qvhighlights_row
 from harness.eval import evaluate
-from harness.eval.predictions import check_prediction_ids, load_predictions, write_predictions
+from harness.eval.predictions import (
+    check_prediction_ids,
+    load_predictions,
+    parse_prediction_row,
+    write_predictions,
+)
 from harness.eval.qvhighlights import IOU_THRESHOLDS, highlight_ap, mr_ap
 from harness.eval.windows import Windows
 from tests.reference_impl import hl_ap, query_ap
@@ -519,3 +526,58 @@ def test_cli_top1_dataset_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     write_predictions(preds, [pred(0, [[0, 10, 1]])])
     assert run() == 2
     assert "1 of 2 GT query ids have no prediction (e.g. [1])" in capsys.readouterr().err
+
+
+# -- reading rows: the fast checks accept exactly what the per-value checks accept --------------
+_OK_WINDOWS = [[0, 2, 0.5], [4.0, 6.0, 1]]
+
+
+@pytest.mark.parametrize(("windows", "saliency", "error"), [
+    (_OK_WINDOWS, [0.5, 1, -2.0], None),
+    ([(0, 2, 0.5)], [np.float64(0.5), 1], None),  # a tuple, a float subclass: per-value path, accepted
+    ([[0, 2, 0.5], [5, "x", 1]], [0.5], "pred_relevant_windows[1] is [5, 'x', 1]"),
+    ([[0, 2, 0.5], [0, True, 1]], [0.5], "pred_relevant_windows[1] is [0, True, 1]"),
+    ([[0, 2, 0.5], [0, 1e999, 1]], [0.5], "pred_relevant_windows[1] is [0, inf, 1]"),
+    ([["a", 2, 0.5]], [0.5], "pred_relevant_windows[0] is ['a', 2, 0.5]"),  # no str <= int compared
+    ([[0, 2, 0.5], [3, 2, 1]], [0.5], "pred_relevant_windows[1] = [3, 2, 1] ends before it starts"),
+    ([[0, 2]], [0.5], "pred_relevant_windows[0] is [0, 2]"),
+    (_OK_WINDOWS, [0.5, True], "pred_saliency_scores"),
+    (_OK_WINDOWS, [0.5, 1e999], "pred_saliency_scores"),
+    (_OK_WINDOWS, [0.5, None], "pred_saliency_scores"),
+    (_OK_WINDOWS, [], "pred_saliency_scores"),
+])
+def test_prediction_row_checks(windows: list, saliency: list, error: str | None) -> None:
+    row = {"qid": 1, "pred_relevant_windows": windows, "pred_saliency_scores": saliency}
+    if error is None:
+        out = parse_prediction_row(row, "f:1")
+        assert out["pred_relevant_windows"] == [[float(x) for x in w] for w in windows]
+        assert all(type(x) is float for w in out["pred_relevant_windows"] for x in w)
+        assert out["pred_saliency_scores"] == [float(x) for x in saliency]
+        assert all(type(x) is float for x in out["pred_saliency_scores"])
+    else:
+        with pytest.raises(DataError, match=f"^f:1: .*{re.escape(error)}"):
+            parse_prediction_row(row, "f:1")
+
+
+@pytest.mark.parametrize(("ids", "scores", "error"), [
+    ([3, 0, 74], [[4, 0, 2], [1, 1, 1], [0, 0, 0]], None),
+    ([], [], None),
+    ([3, True], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] is True"),
+    ([3, 75], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] is 75"),  # 150 s: clips 0 to 74
+    ([3, -1], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] is -1"),
+    ([3, 3], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] = 3 appears twice"),
+    ([3, 4], [[1, 1, 1], [1, 5, 1]], "saliency_scores[1] is [1, 5, 1]"),
+    ([3, 4], [[1, 1, 1], [1, True, 1]], "saliency_scores[1] is [1, True, 1]"),
+    ([3, 4], [[1, 1, 1], []], "saliency_scores[1] is []"),
+    ([3, 4], [[1, 1, 1], [1.0, 1, 1]], "saliency_scores[1] is [1.0, 1, 1]"),
+])
+def test_ground_truth_saliency_checks(ids: list, scores: list, error: str | None) -> None:
+    row = {"qid": 1, "vid": "v", "query": "q", "duration": 150, "relevant_windows": [[0, 2]],
+           "relevant_clip_ids": ids, "saliency_scores": scores}
+    if error is None:
+        saliency = parse_qvhighlights_row(row, "f:1").saliency
+        assert saliency == {i: tuple(s) for i, s in zip(ids, scores, strict=True)}
+        assert list(saliency) == ids
+    else:
+        with pytest.raises(DataError, match=f"^f:1: {re.escape(error)}"):
+            parse_qvhighlights_row(row, "f:1")

@@ -63,6 +63,16 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+_JSON_NUMBERS = frozenset((int, float))
+
+
+def _plain_numbers(values: list[Any]) -> bool:
+    """Every value is a JSON number (exactly int or float) and finite, checked in C loops: the
+    fast path for long lists. True only where `_is_number` holds for each value; a False
+    sends the list to the per-value check, which names what is wrong."""
+    return _JSON_NUMBERS.issuperset(map(type, values)) and all(map(math.isfinite, values))
+
+
 def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Check one official-format prediction row; the error names `where` and the field."""
     qid = obj.get("qid")
@@ -84,6 +94,29 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     if len(windows) > MAX_WINDOWS:
         raise DataError(f"{where}: {len(windows)} pred_relevant_windows, expected at most "
                         f"{MAX_WINDOWS} (the official evaluator reads the first 10)")
+    if all(type(w) is list and len(w) == 3 for w in windows) and \
+            _plain_numbers([x for w in windows for x in w]) and all(w[0] <= w[1] for w in windows):
+        clean = [[float(w[0]), float(w[1]), float(w[2])] for w in windows]
+    else:
+        clean = _checked_windows(windows, where)
+    row: dict[str, Any] = {"qid": qid, "pred_relevant_windows": clean}
+    for key in ("query", "vid"):
+        if key in obj:
+            row[key] = obj[key]
+    if "pred_saliency_scores" in obj:
+        sal = obj["pred_saliency_scores"]
+        if not isinstance(sal, list) or not sal or not (_plain_numbers(sal) or all(_is_number(x) for x in sal)):
+            raise DataError(
+                f"{where}: field 'pred_saliency_scores' should be a non-empty list of finite "
+                "numbers, one per 2-s clip"
+            )
+        row["pred_saliency_scores"] = list(map(float, sal))
+    return row
+
+
+def _checked_windows(windows: list[Any], where: str) -> list[list[float]]:
+    """The windows as [start, end, score] floats, each checked; the error names the first
+    bad one."""
     clean = []
     for k, w in enumerate(windows):
         if not isinstance(w, list | tuple) or len(w) != 3 or not all(_is_number(x) for x in w):
@@ -94,19 +127,7 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
         if w[1] < w[0]:
             raise DataError(f"{where}: pred_relevant_windows[{k}] = {w!r} ends before it starts")
         clean.append([float(w[0]), float(w[1]), float(w[2])])
-    row: dict[str, Any] = {"qid": qid, "pred_relevant_windows": clean}
-    for key in ("query", "vid"):
-        if key in obj:
-            row[key] = obj[key]
-    if "pred_saliency_scores" in obj:
-        sal = obj["pred_saliency_scores"]
-        if not isinstance(sal, list) or not sal or not all(_is_number(x) for x in sal):
-            raise DataError(
-                f"{where}: field 'pred_saliency_scores' should be a non-empty list of finite "
-                "numbers, one per 2-s clip"
-            )
-        row["pred_saliency_scores"] = [float(x) for x in sal]
-    return row
+    return clean
 
 
 def load_predictions(path: str | Path) -> list[dict[str, Any]]:
