@@ -541,6 +541,8 @@ _OK_WINDOWS = [[0, 2, 0.5], [4.0, 6.0, 1]]
     ([["a", 2, 0.5]], [0.5], "pred_relevant_windows[0] is ['a', 2, 0.5]"),  # no str <= int compared
     ([[0, 2, 0.5], [3, 2, 1]], [0.5], "pred_relevant_windows[1] = [3, 2, 1] ends before it starts"),
     ([[0, 2]], [0.5], "pred_relevant_windows[0] is [0, 2]"),
+    ([[0, 2], [0, 2, 1, 1]], [0.5], "pred_relevant_windows[0] is [0, 2]"),  # 6 numbers, not 2 x 3
+    ([], [0.5], None),
     (_OK_WINDOWS, [0.5, True], "pred_saliency_scores"),
     (_OK_WINDOWS, [0.5, 1e999], "pred_saliency_scores"),
     (_OK_WINDOWS, [0.5, None], "pred_saliency_scores"),

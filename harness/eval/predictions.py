@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ def _is_number(x: Any) -> bool:
 
 
 _JSON_NUMBERS = frozenset((int, float))
+_LIST, _THREE = frozenset((list,)), frozenset((3,))
 
 
 def _plain_numbers(values: list[Any]) -> bool:
@@ -94,9 +97,10 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     if len(windows) > MAX_WINDOWS:
         raise DataError(f"{where}: {len(windows)} pred_relevant_windows, expected at most "
                         f"{MAX_WINDOWS} (the official evaluator reads the first 10)")
-    if all(type(w) is list and len(w) == 3 for w in windows) and \
-            _plain_numbers([x for w in windows for x in w]) and all(w[0] <= w[1] for w in windows):
-        clean = [[float(w[0]), float(w[1]), float(w[2])] for w in windows]
+    flat = list(chain.from_iterable(windows)) if _LIST.issuperset(map(type, windows)) else []
+    if len(flat) == 3 * len(windows) and _THREE.issuperset(map(len, windows)) and _plain_numbers(flat) \
+            and all(map(operator.le, flat[0::3], flat[1::3])):  # the fast path: plain [start, end, score]
+        clean = [list(map(float, w)) for w in windows]
     else:
         clean = _checked_windows(windows, where)
     row: dict[str, Any] = {"qid": qid, "pred_relevant_windows": clean}
