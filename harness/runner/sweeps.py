@@ -362,6 +362,7 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
     check_inputs(spec, settings)
     name = study_name(spec, settings)
     check_tracking_uri(settings.tracking_uri)  # both stores checked before either is created
+    studies.open_storage(studies.storage_url(settings.storage))  # a damaged storage fails here
     tracker = study_tracker("sweep", spec.name, settings.tracking_uri)
     base = spec.base_config(settings.config_overrides())
     parent_id = tracker.parent(name, name, provenance_tags(
