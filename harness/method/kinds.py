@@ -42,6 +42,11 @@ class SourceSpec:
     embedder_models: tuple[str, ...]  # one, or the members of an ensemble (cosines averaged)
     lexical_model: str | None = None  # the lexical "embedder" a run fuses in, if any
 
+    def __post_init__(self) -> None:
+        # a bare model id would be read as one model per character
+        if not isinstance(self.embedder_models, tuple) or not all(isinstance(m, str) for m in self.embedder_models):
+            raise TypeError(f"SourceSpec.embedder_models must be a tuple of model ids, not {self.embedder_models!r}")
+
     @classmethod
     def from_config(cls, cfg: Any, embedder_models: tuple[str, ...], rewriter_model: str,
                     lexical_model: str | None = None) -> SourceSpec:
