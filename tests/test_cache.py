@@ -198,7 +198,7 @@ def _toy_inputs(root: Path) -> tuple[Cache, Any, Any]:
     lists += [[f"{q.query} ({k})" for k in range(2)] for q in ds.queries]
     for texts in lists:
         embed_by_hash(cache, texts)
-    spec = SourceSpec("toy:val", "minigptv2", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, "emb")
+    spec = SourceSpec("toy:val", "minigptv2", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, ("emb",))
     return cache, ds, spec
 
 

@@ -79,7 +79,7 @@ def _random_prepared(seed: int, n: int = 120) -> Prepared:
         if pair[1] == "Cq":
             a[np.broadcast_to((aware_rank >= 10**6)[:, None, :], a.shape)] = np.nan
         sims[pair] = a
-    spec = SourceSpec("demo:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, "e")
+    spec = SourceSpec("demo:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, ("e",))
     return Prepared("demo:val", tuple(queries), n_frames, sims, aware_rank, "fp", spec)
 
 

@@ -30,7 +30,7 @@ from harness.core.results import MissingInputs
 from harness.eval import brief
 from harness.runner.studies import open_storage
 from harness.runner.sweeps import run_sweep
-from harness.runner.trial import SUBSTITUTIONS_TAG, InputPool, embedder_model, trial
+from harness.runner.trial import SUBSTITUTIONS_TAG, InputPool, embedder_models, trial
 from tests.sweep_gate import waiting_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_the_embedding_dtype_is_part_of_the_embeddings_cache_key(demo_cache: Pat
     assert embedder_model_id({**torch, "dtype": "bfloat16"}) == f"{MINILM_ID}#bfloat16"
     f32 = ExperimentConfig(dataset="demo:val", embedder_backend="torch")
     bf16 = f32.replace(embedder_dtype="bfloat16")
-    assert embedder_model(bf16) == f"{MINILM_ID}#bfloat16" != embedder_model(f32)
+    assert embedder_models(bf16) == (f"{MINILM_ID}#bfloat16",) != embedder_models(f32)
     assert bf16.hash() != f32.hash()
     # the demo is embedded in float32 (by the default backend): a bfloat16 run finds
     # nothing to read, and says so

@@ -419,7 +419,8 @@ def test_multi_objective_sweep(tmp_path: Path, settings_for: SettingsFor) -> Non
     spec = yaml.safe_load(DEMO_SWEEP.read_text())
     spec.update(name="demo-multi", base=str(DEMO_SWEEP.parent / spec["base"]),
                 objectives=[{"metric": "MR-full-mAP", "direction": "maximize"},
-                            {"metric": "MR-full-R1@0.5", "direction": "maximize"}])
+                            {"metric": "MR-full-R1@0.5", "direction": "maximize"}],
+                select={"rule": "weighted", "weights": {"MR-full-mAP": 1, "MR-full-R1@0.5": 1}})
     path = tmp_path / "multi.yaml"
     path.write_text(yaml.safe_dump(spec))
     settings = settings_for(tmp_path)
@@ -672,8 +673,8 @@ def test_a_sweep_with_a_substitution_runs_and_its_best_config_says_so(
     assert rc == 0, out
     summary = json.loads(out[out.index("{"):out.rindex("}") + 1])
     assert sum(summary["trials"].get(s, 0) for s in ("COMPLETE", "PRUNED")) == 3
-    header = best.read_text().splitlines()[:2]
-    assert "with --substitute Cq=Ca" in header[1]
+    header = [line for line in best.read_text().splitlines() if line.startswith("#")]
+    assert "with --substitute Cq=Ca" in header[-1]
     settings = Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     _, children = runs_of(settings, "sweep-demo")
     assert len(children) == 3

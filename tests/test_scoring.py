@@ -22,7 +22,7 @@ from harness.method.scoring import (
 )
 from harness.method.sources import Prepared
 
-SPEC = SourceSpec("toy:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, "e")
+SPEC = SourceSpec("toy:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, ("e",))
 
 
 def per_query(p: Predictions) -> list[SimpleNamespace]:

