@@ -25,7 +25,7 @@ MLFLOW_PORT ?= 5000
 OPTUNA_PORT ?= 8080
 STORAGE ?= sqlite:///optuna.db
 
-.PHONY: install lint test demo mpnet cache-qvh ablation-table3 ablations sweep submission-qvh mlflow-ui optuna-dashboard clean
+.PHONY: install lint test mutants demo mpnet cache-qvh ablation-table3 ablations sweep submission-qvh mlflow-ui optuna-dashboard clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# one-line mutants of the core math against the fast tests (about 8 minutes; not in CI):
+# prints the test that killed each, or SURVIVED
+mutants: $(STAMP)
+	$(BIN)/python benchmarks/mutants.py
 
 # Table 3 on the built-in SYNTHETIC demo dataset: runs anywhere, no data, under a minute
 demo: $(STAMP)

@@ -50,14 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         return step(Path(sys.argv[2]), sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default="ablation-table3")
-    ap.add_argument("--cache", required=True, help="a cache folder that does not exist yet")
+    ap.add_argument("--cache", required=True,
+                    help="a cache folder that does not exist yet (with --runs warm: a filled one)")
     ap.add_argument("--venv", default=str(REPO / ".venv"), help="the built virtualenv")
     ap.add_argument("--make-args", default="", help="extra make variables, e.g. 'EMBEDDER=mpnet'")
-    ap.add_argument("--runs", default="cold,warm")
+    ap.add_argument("--runs", default="cold,warm",
+                    help="runs in order, e.g. warm,warm-again on a filled --cache (the Optuna and MLflow "
+                         "stores of the checkout are used as they are: a new study computes its rows)")
     args = ap.parse_args(argv)
     cache = Path(args.cache)
-    if cache.exists():
-        ap.error(f"{cache} exists: the first run must start from an empty cache")
+    if cache.exists() and "cold" in args.runs.split(","):
+        ap.error(f"{cache} exists: a cold run must start from an empty cache")
     venv = Path(args.venv).resolve()
     granalign = venv / "bin" / "granalign"
     totals = {}

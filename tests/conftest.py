@@ -77,6 +77,52 @@ def real_cache(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Any
     return cache
 
 
+QVH_CACHE_ENV = "GRANALIGN_TEST_QVH_CACHE"
+
+
+@pytest.fixture(scope="session")
+def qvh_val_cache(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Any:
+    """All of QVHighlights val: MiniGPT-v2 captions and Baichuan2 paraphrases imported,
+    every text embedded with all-MiniLM-L6-v2 (the pinned metrics read it, tests/test_pinned.py).
+
+    Building it embeds about 114,000 texts: about 8 minutes on 2 idle CPU cores, once per
+    session. GRANALIGN_TEST_QVH_CACHE names a cache to use instead (`make cache-qvh
+    SPLIT=val` makes one): read-only when it holds every input already, else completed
+    there first."""
+    from harness.cache.embedders import build_embedder, embed_dataset
+    from harness.cache.importers import import_captions, import_paraphrases
+    from harness.cache.store import Cache
+    from harness.data import load_dataset
+
+    reuse = os.environ.get(QVH_CACHE_ENV)
+    path = Path(reuse) if reuse else tmp_path_factory.mktemp("qvh-val") / "cache"
+    if reuse and (path / "cache.sqlite").is_file():
+        cache = Cache(path, readonly=True)
+        if qvh_val_complete(cache, data_root):
+            return cache
+    ds = load_dataset("qvhighlights:val", data_root)
+    writer = Cache(path)
+    import_captions(writer, ds, "minigptv2", root=data_root, progress=False)
+    import_paraphrases(writer, ds, root=data_root, progress=False)
+    embed_dataset(writer, ds, build_embedder("minilm"), progress=False)
+    writer.close()
+    return Cache(path, readonly=True)
+
+
+def qvh_val_complete(cache: Any, data_root: Path) -> bool:
+    """Does `cache` feed the pinned configs on all of val (q, qp and MiniGPT-v2 captions)?"""
+    from harness.config import ExperimentConfig
+    from harness.core.results import MissingInputs
+    from harness.runner.trial import InputPool
+
+    cfg = ExperimentConfig(dataset="qvhighlights:val", captions="minigptv2", pairing="q-Ca+qp-Ca")
+    try:
+        InputPool(cache, data_root).get(cfg)
+    except MissingInputs:
+        return False
+    return True
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Name the PostgreSQL tests' outcomes in the log, where `-q` would show only dots: CI
     must show them passing against its server, not skipped."""

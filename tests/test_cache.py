@@ -173,6 +173,73 @@ def test_fingerprint_tracks_reads_not_their_order(cache_dir: Path) -> None:
     assert fp([0, 1, 2]) != before
 
 
+def _toy_inputs(root: Path) -> tuple[Cache, Any, Any]:
+    """Two queries on two videos: agnostic captions, paraphrases and embeddings written by
+    hand (a unit vector per text from its hash), and the source spec that reads them."""
+    from harness.cache.producers import (
+        caption_producer,
+        paraphrase_producer,
+        query_item,
+        video_item,
+    )
+    from harness.core.query import Dataset, Query
+    from harness.method.sources import SourceSpec
+
+    w = ((0.0, 2.0),)
+    ds = Dataset("toy:val", (Query(0, "v0", "a dog runs", 6.0, w), Query(1, "v1", "a cat sits", 4.0, w)),
+                 "toy", "toy", "val")
+    cache = Cache(root)
+    captions = {"v0": ["a dog", "grass", "a dog runs"], "v1": ["a cat", "a sofa"]}
+    for vid, texts in captions.items():
+        cache.put(caption_producer("minigptv2", "agnostic"), video_item("toy", vid), texts)
+    for q in ds.queries:
+        cache.put(paraphrase_producer(), query_item(q), {"qp": [f"{q.query} ({k})" for k in range(2)]})
+    lists = [[q.query] for q in ds.queries] + list(captions.values())
+    lists += [[f"{q.query} ({k})" for k in range(2)] for q in ds.queries]
+    for texts in lists:
+        embed_by_hash(cache, texts)
+    spec = SourceSpec("toy:val", "minigptv2", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, ("emb",))
+    return cache, ds, spec
+
+
+def embed_by_hash(cache: Cache, texts: list[str], salt: str = "") -> None:
+    import hashlib
+
+    rows = [np.frombuffer(hashlib.sha256((salt + t).encode()).digest(), dtype=np.uint8)[:8] for t in texts]
+    x = np.asarray(rows, dtype=np.float32) - 127.5
+    cache.put_embeddings("emb", texts, x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+def test_a_runs_fingerprint_covers_the_content_it_read(cache_dir: Path) -> None:
+    """The fingerprint a run records (Prepared.fingerprint) names exactly what it read: the
+    same inputs give the same one in any process; a changed caption, a changed embedding
+    of the same texts or a pairing that reads more give another; data it did not read
+    changes nothing."""
+    from harness.cache.producers import caption_producer, video_item
+    from harness.method.sources import prepare
+
+    cache, ds, spec = _toy_inputs(cache_dir)
+
+    def fp(pairs: tuple[tuple[str, str], ...] = (("q", "Ca"),)) -> str:
+        return prepare(Cache(cache_dir, readonly=True), ds, spec, pairs).fingerprint
+
+    base = fp()
+    assert len(base) == 64 and fp() == base
+    assert fp((("q", "Ca"), ("qp", "Ca"))) != base  # reads the paraphrases too
+    shared = Cache(cache_dir, readonly=True)  # one Cache serving two runs: each its own reads
+    prepare(shared, ds, spec, (("q", "Ca"), ("qp", "Ca")))
+    assert prepare(shared, ds, spec, (("q", "Ca"),)).fingerprint == base
+    cache.put(caption_producer("minigptv2", "agnostic"), video_item("toy", "v9"), ["not read"])
+    embed_by_hash(cache, ["not read"])
+    assert fp() == base  # another video's captions: not read, not covered
+    embed_by_hash(cache, ["a cat", "a sofa"], salt="other model weights")
+    changed_embedding = fp()
+    assert changed_embedding != base  # same texts, other vectors
+    cache.put(caption_producer("minigptv2", "agnostic"), video_item("toy", "v1"), ["a cat", "a bed"])
+    embed_by_hash(cache, ["a cat", "a bed"])
+    assert fp() not in (base, changed_embedding)  # another caption
+
+
 # -- several processes ----------------------------------------------------------------------
 N_ITEMS = 40
 

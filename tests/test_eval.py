@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,17 @@ from harness.cli import main
 from harness.core.errors import DataError
 from harness.core.query import Query
 from harness.data import load_dataset
+from harness.data.qvhighlights import parse_qvhighlights_row
 from harness.eval import evaluate
-from harness.eval.predictions import check_prediction_ids, load_predictions, write_predictions
+from harness.eval.predictions import (
+    check_prediction_ids,
+    load_predictions,
+    parse_prediction_row,
+    write_predictions,
+)
 from harness.eval.qvhighlights import IOU_THRESHOLDS, highlight_ap, mr_ap
 from harness.eval.windows import Windows
+from tests.reference_impl import hl_ap, query_ap
 
 REF = Path("qvhighlights") / "eval_reference"
 
@@ -204,6 +212,37 @@ def test_map_looks_at_the_first_ten_windows_in_file_order() -> None:
     assert res["brief"]["MR-full-mAP"] == 0.0
 
 
+def test_equal_iou_gt_windows_the_later_one_is_matched_as_officially() -> None:
+    """GT [0,10] and [2,12]; the first prediction [1,11] overlaps both at 9/11 = 0.818. The
+    official loop walks the GT windows by a stable ascending argsort of IoU, reversed: the
+    LATER window [2,12] is taken, and [0,9] then finds [0,10] free at IoU 0.9. Had the
+    first window won, [0,9] would be left with [2,12] at 7/12 = 0.583."""
+    gt = [q(1, [[0, 10], [2, 12]])]
+    preds = [pred(1, [[1, 11, 0.9], [0, 9, 0.8]])]
+    m_ap = evaluate("qvhighlights:val", gt, preds)["full"]["MR-mAP"]
+    # t = 0.5, 0.55: both hit either way -> 1; t = 0.6 .. 0.8: both hit (later rule) -> 1
+    # (first rule: 0.5); t = 0.85, 0.9: [1,11] misses, [0,9] hits at rank 2 -> 1/4; 0.95: 0
+    want = {0.5: 1.0, 0.55: 1.0, 0.6: 1.0, 0.65: 1.0, 0.7: 1.0, 0.75: 1.0, 0.8: 1.0, 0.85: 0.25, 0.9: 0.25,
+            0.95: 0.0}
+    assert {t: m_ap[str(t)] for t in IOU_THRESHOLDS} == {t: 100 * v for t, v in want.items()}
+    assert m_ap["average"] == 75.0  # (7 + 2 / 4) / 10
+    # the same query through the array path a trial takes, and through the reference loops
+    ap = mr_ap(Windows.from_lists([[[1, 11, 0.9], [0, 9, 0.8]]], 10), Windows.from_lists([[[0, 10], [2, 12]]]))
+    np.testing.assert_allclose(ap[0], [want[t] for t in IOU_THRESHOLDS])
+    assert [query_ap([[0, 10], [2, 12]], [[1, 11, 0.9], [0, 9, 0.8]], t) for t in IOU_THRESHOLDS] == [
+        want[t] for t in IOU_THRESHOLDS]
+
+
+def test_equal_iou_gt_windows_among_many_the_later_one_is_matched() -> None:
+    """The same tie in a query with five GT windows (the matcher's larger group) and in one
+    with three (the small group): each must find the later window."""
+    gts = [[[0, 10], [2, 12], [40, 50], [60, 70], [80, 90]], [[0, 10], [2, 12], [40, 50]]]
+    preds = [[[1, 11, 0.9], [0, 9, 0.8]], [[1, 11, 0.9], [0, 9, 0.8]]]
+    ap = mr_ap(Windows.from_lists(preds, 10), Windows.from_lists(gts))
+    # 2 of 5 (resp. 3) GT found at ranks 1 and 2 for t <= 0.8
+    np.testing.assert_allclose(ap[:, IOU_THRESHOLDS.index(0.7)], [2 / 5, 2 / 3])
+
+
 def test_empty_split_gives_nan_like_the_official_code() -> None:
     res = evaluate("qvhighlights:val", [q(1, [[0, 4]])], [pred(1, [[0, 4, 1.0]])])
     assert res["short"]["MR-mAP"]["average"] == 100.0
@@ -332,17 +371,9 @@ def test_vectorised_mr_ap_equals_loops() -> None:
     np.testing.assert_allclose(ours, ref, atol=1e-12)
 
 
-def test_vectorised_highlight_ap_equals_sklearn_recipe() -> None:
-    """Our AP against the official recipe on sklearn's precision-recall curve (ties included)."""
-    precision_recall_curve = pytest.importorskip("sklearn.metrics").precision_recall_curve
-
-    def official_style_ap(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        if len(set(y_true)) == 1:
-            return float(y_true[0] != 0)
-        precision, recall, _ = precision_recall_curve(y_true, y_pred)
-        precision = np.maximum.accumulate(precision)
-        return float(np.mean(precision[np.nonzero(np.diff(recall.astype(np.float32)))]))
-
+def test_vectorised_highlight_ap_equals_the_official_recipe_by_loops() -> None:
+    """Our AP against the official `get_ap` recipe written with loops (tests/reference_impl.py:
+    sklearn's precision-recall curve, one threshold per distinct score), ties included."""
     rng = np.random.default_rng(1)
     nq, width = 150, 16
     n = rng.integers(1, width + 1, nq)
@@ -352,11 +383,15 @@ def test_vectorised_highlight_ap_equals_sklearn_recipe() -> None:
         scores[i, n[i] :] = 0
         labels[i, n[i] :] = 0
     ours = highlight_ap(scores, labels, n)
-    ref = [
-        [official_style_ap(labels[i, : n[i], a], scores[i, : n[i]]) for a in range(3)]
-        for i in range(nq)
-    ]
+    ref = [[hl_ap(list(labels[i, : n[i], a]), list(scores[i, : n[i]])) for a in range(3)] for i in range(nq)]
     np.testing.assert_allclose(ours, np.array(ref), atol=1e-12)
+
+
+def test_loop_highlight_ap_by_hand() -> None:
+    # scores .9 .5 .5 .2, labels 1 0 1 1: thresholds .9 (P 1, R 1/3), .5 (P 2/3, R 2/3),
+    # .2 (P 3/4, R 1); interpolated at each new recall: 1, max(2/3, 3/4), 3/4 -> 5/6
+    assert hl_ap([1.0, 0.0, 1.0, 1.0], [0.9, 0.5, 0.5, 0.2]) == pytest.approx(5 / 6)
+    assert hl_ap([0.0, 0.0], [0.3, 0.1]) == 0.0 and hl_ap([1.0, 1.0], [0.3, 0.1]) == 1.0
 
 
 # --------------------------------------------------------------------------- prediction files
@@ -491,3 +526,60 @@ def test_cli_top1_dataset_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     write_predictions(preds, [pred(0, [[0, 10, 1]])])
     assert run() == 2
     assert "1 of 2 GT query ids have no prediction (e.g. [1])" in capsys.readouterr().err
+
+
+# -- reading rows: the fast checks accept exactly what the per-value checks accept --------------
+_OK_WINDOWS = [[0, 2, 0.5], [4.0, 6.0, 1]]
+
+
+@pytest.mark.parametrize(("windows", "saliency", "error"), [
+    (_OK_WINDOWS, [0.5, 1, -2.0], None),
+    ([(0, 2, 0.5)], [np.float64(0.5), 1], None),  # a tuple, a float subclass: per-value path, accepted
+    ([[0, 2, 0.5], [5, "x", 1]], [0.5], "pred_relevant_windows[1] is [5, 'x', 1]"),
+    ([[0, 2, 0.5], [0, True, 1]], [0.5], "pred_relevant_windows[1] is [0, True, 1]"),
+    ([[0, 2, 0.5], [0, 1e999, 1]], [0.5], "pred_relevant_windows[1] is [0, inf, 1]"),
+    ([["a", 2, 0.5]], [0.5], "pred_relevant_windows[0] is ['a', 2, 0.5]"),  # no str <= int compared
+    ([[0, 2, 0.5], [3, 2, 1]], [0.5], "pred_relevant_windows[1] = [3, 2, 1] ends before it starts"),
+    ([[0, 2]], [0.5], "pred_relevant_windows[0] is [0, 2]"),
+    ([[0, 2], [0, 2, 1, 1]], [0.5], "pred_relevant_windows[0] is [0, 2]"),  # 6 numbers, not 2 x 3
+    ([], [0.5], None),
+    (_OK_WINDOWS, [0.5, True], "pred_saliency_scores"),
+    (_OK_WINDOWS, [0.5, 1e999], "pred_saliency_scores"),
+    (_OK_WINDOWS, [0.5, None], "pred_saliency_scores"),
+    (_OK_WINDOWS, [], "pred_saliency_scores"),
+])
+def test_prediction_row_checks(windows: list, saliency: list, error: str | None) -> None:
+    row = {"qid": 1, "pred_relevant_windows": windows, "pred_saliency_scores": saliency}
+    if error is None:
+        out = parse_prediction_row(row, "f:1")
+        assert out["pred_relevant_windows"] == [[float(x) for x in w] for w in windows]
+        assert all(type(x) is float for w in out["pred_relevant_windows"] for x in w)
+        assert out["pred_saliency_scores"] == [float(x) for x in saliency]
+        assert all(type(x) is float for x in out["pred_saliency_scores"])
+    else:
+        with pytest.raises(DataError, match=f"^f:1: .*{re.escape(error)}"):
+            parse_prediction_row(row, "f:1")
+
+
+@pytest.mark.parametrize(("ids", "scores", "error"), [
+    ([3, 0, 74], [[4, 0, 2], [1, 1, 1], [0, 0, 0]], None),
+    ([], [], None),
+    ([3, True], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] is True"),
+    ([3, 75], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] is 75"),  # 150 s: clips 0 to 74
+    ([3, -1], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] is -1"),
+    ([3, 3], [[1, 1, 1], [1, 1, 1]], "relevant_clip_ids[1] = 3 appears twice"),
+    ([3, 4], [[1, 1, 1], [1, 5, 1]], "saliency_scores[1] is [1, 5, 1]"),
+    ([3, 4], [[1, 1, 1], [1, True, 1]], "saliency_scores[1] is [1, True, 1]"),
+    ([3, 4], [[1, 1, 1], []], "saliency_scores[1] is []"),
+    ([3, 4], [[1, 1, 1], [1.0, 1, 1]], "saliency_scores[1] is [1.0, 1, 1]"),
+])
+def test_ground_truth_saliency_checks(ids: list, scores: list, error: str | None) -> None:
+    row = {"qid": 1, "vid": "v", "query": "q", "duration": 150, "relevant_windows": [[0, 2]],
+           "relevant_clip_ids": ids, "saliency_scores": scores}
+    if error is None:
+        saliency = parse_qvhighlights_row(row, "f:1").saliency
+        assert saliency == {i: tuple(s) for i, s in zip(ids, scores, strict=True)}
+        assert list(saliency) == ids
+    else:
+        with pytest.raises(DataError, match=f"^f:1: {re.escape(error)}"):
+            parse_qvhighlights_row(row, "f:1")

@@ -9,6 +9,8 @@ articles) and checked to be a grammatical phrase that keeps the core entities an
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from harness.builder.backends.granular import (
     RULES_VERSION,
     SpacyGranularRewriter,
     has_proper_noun,
+    nlp,
     pipeline_id,
     simplify,
     spacy_key_elements,
@@ -106,6 +109,18 @@ def test_the_rewriter_is_registered_and_keyed_by_pipeline_and_rules() -> None:
     assert SpacyGranularRewriter.default_model_id() == model
     spacy_key = rewrite_producer("spacy-granular", model, 1).digest
     assert spacy_key != rewrite_producer().digest  # never mixed with LLM rewrites
+
+
+def test_the_key_names_the_loaded_pipelines_version_without_importing_spacy() -> None:
+    """The version in the key is read from the package's meta.json (no spaCy import, so a
+    warm `cache build --stages variants` skips seconds of start-up); it is the version of the
+    pipeline that makes the rewrites."""
+    code = ("import sys\nfrom harness.builder.backends.granular import pipeline_id\n"
+            "print(pipeline_id(), 'spacy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [pipeline_id(), "False"]
+    assert pipeline_id() == f"spacy/en_core_web_sm-{nlp().meta['version']}+granular-rules-{RULES_VERSION}"
 
 
 def test_key_elements_and_proper_nouns_from_the_same_pipeline() -> None:

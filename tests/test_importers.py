@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -59,10 +58,7 @@ def _raw_counts(data_root: Path, val: Dataset) -> tuple[int, int, int]:
 
 def test_import_real_captions(data_root: Path, val: Dataset, tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
-    t0 = time.perf_counter()
     report = import_captions(cache, val, "minigptv2", root=data_root, progress=False)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 60, f"importing {N_VIDEOS} videos took {elapsed:.1f} s"
     raw_captions, raw_padded, raw_padded_frames = _raw_counts(data_root, val)
     c = report.counts
     assert (report.needed, report.imported, report.already_cached, report.missing) == (

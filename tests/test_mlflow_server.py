@@ -8,9 +8,9 @@ with `requests`, and stops the server by its process group.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +25,6 @@ from harness.tables.run import run_table
 requests = pytest.importorskip("requests")
 
 STARTUP_TIMEOUT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def group_alive(pgid: int) -> bool:
@@ -66,31 +60,36 @@ def mlflow_server(tmp_path: Path, mlflow_db_template: Path) -> Any:
     db = tmp_path / "server" / "mlflow.db"
     db.parent.mkdir()
     shutil.copy(mlflow_db_template, db)  # a migrated store: the server starts in seconds
-    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_cli = Path(sys.executable).with_name("mlflow")
+    # port 0: the server binds a free port itself (a port picked here could be taken before
+    # it binds) and names it in its log
     cmd = [str(mlflow_cli) if mlflow_cli.exists() else "mlflow", "server",
            "--backend-store-uri", f"sqlite:///{db}",
            "--artifacts-destination", str(tmp_path / "server" / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = (tmp_path / "server.log").open("wb")
+           "--host", "127.0.0.1", "--port", "0", "--workers", "1"]
+    log_path = tmp_path / "server.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
+        url = None
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"mlflow server exited with {proc.returncode}:\n"
-                            + (tmp_path / "server.log").read_text(errors="replace"))
+                            + log_path.read_text(errors="replace"))
+            if url is None:
+                bound = re.search(r"running on (http://127\.0\.0\.1:(\d+))", log_path.read_text(errors="replace"))
+                url = bound.group(1) if bound and bound.group(2) != "0" else None
             try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                if url is not None and requests.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow server not healthy after {STARTUP_TIMEOUT} s:\n"
-                            + (tmp_path / "server.log").read_text(errors="replace"))
+                            + log_path.read_text(errors="replace"))
             time.sleep(0.5)
         yield url, proc
     finally:

@@ -99,11 +99,11 @@ def test_real_subset_q_ca_and_vtg_gpt(real_cache: Cache, data_root: Path) -> Non
     q_ca = brief(trial(prep, cfg))
     vtg_cfg = load_config(REPO / "experiments" / "vtg_gpt_qvh.yaml", {"limit": N_REAL})
     vtg = brief(trial(pool.get(vtg_cfg), vtg_cfg))
-    # zero-shot caption matching finds a good share of moments, far from chance or perfect
-    for m in (q_ca, vtg):
-        assert 20.0 < m["MR-full-R1@0.5"] < 90.0
-        assert 10.0 < m["MR-full-mAP"] < 80.0
-    assert q_ca != vtg
+    # change detectors on the first 40 val queries (all 1550: tests/test_pinned.py, whose
+    # docstring says when a change is legitimate); R1@0.5, R1@0.7, mAP@0.5, mAP@avg
+    keys = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP@0.5", "MR-full-mAP")
+    assert [q_ca[k] for k in keys] == [45.0, 32.5, 41.15, 27.21]
+    assert [vtg[k] for k in keys] == [55.0, 40.0, 50.51, 35.14]
 
 
 def test_real_granalign_reports_every_missing_stage(real_cache: Cache, data_root: Path, tmp_path: Path) -> None:

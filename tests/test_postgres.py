@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from harness.config.settings import Settings
 from harness.core.faults import FAULT_ENV
 from harness.runner.studies import WORKER_ATTR, open_storage
 from harness.tables.run import run_table
+from tests.sweep_gate import waiting_at
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SWEEP = REPO / "experiments" / "sweeps" / "demo.yaml"
@@ -93,36 +93,27 @@ def test_a_two_worker_sweep_on_postgres_survives_a_killed_worker(
     cmd = [sys.executable, "-m", "harness.cli", "sweep", str(DEMO_SWEEP), "--demo", "--cache", str(demo_cache),
            "--storage", pg_url, "--tracking-uri", settings.tracking_uri or "", "--out", str(tmp_path),
            "--workers", "2", "--n-trials", str(n_trials)]
-    env = {**os.environ, FAULT_ENV: "sweep:trial|sleep=1.5", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    gate = tmp_path / "gate"  # every trial waits here: the victim cannot finish before the kill
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, FAULT_ENV: f"sweep:trial|gate={gate}"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     victim = None
     try:
-        deadline = time.monotonic() + 120
-        while victim is None and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            try:
-                storage = open_storage(pg_url)
-                names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-                if not names:
-                    continue
-                study = optuna.load_study(study_name=names[0], storage=storage)
-            except Exception:  # not created yet
-                continue
-            for t in study.get_trials(deepcopy=False):
-                w = t.user_attrs.get(WORKER_ATTR) or {}
-                if t.state.name == "RUNNING" and len(t.params) == 3 and w.get("pid", os.getpid()) != os.getpid():
-                    victim = (w["pid"], t.number)
-                    break
-        assert victim is not None, "no worker was seen running a trial"
+        pid = waiting_at(gate, 1, lambda: proc.poll() is None)[0]
+        storage = open_storage(pg_url)
+        (name,) = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        (number,) = [t.number for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+                     if t.state.name == "RUNNING" and (t.user_attrs.get(WORKER_ATTR) or {}).get("pid") == pid]
+        victim = (pid, number)
         os.kill(victim[0], signal.SIGKILL)
+        gate.touch()
         assert proc.wait(timeout=240) == 0
     finally:
+        gate.touch()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    again = subprocess.run(cmd, cwd=REPO, env={k: v for k, v in env.items() if k != FAULT_ENV}, capture_output=True,
-                           text=True, timeout=240)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-2000:]
 
     storage = open_storage(pg_url)

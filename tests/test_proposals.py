@@ -160,3 +160,42 @@ def test_curve_percentiles_equal_nanpercentile_with_padding():
     curves[np.arange(30)[None, :] >= lengths[:, None]] = np.nan
     for n in (10, 20, 37.5, 90):
         np.testing.assert_allclose(curve_percentiles(curves, n), np.nanpercentile(curves, n, axis=1))
+
+
+def test_a_span_whose_mean_equals_the_percentile_is_kept():
+    # top_k 100 never reached: threshold 0, frames 0, 2, 4 selected, gap 0 keeps them apart.
+    # Frame scores sorted [0, 0, .25, .25, .75]: the 50th percentile is the third, 0.25
+    # exactly, and the spans [2,2] and [4,4] have mean 0.25 exactly: "not in the bottom
+    # n%" keeps them (mean >= cut); a strict comparison would drop both.
+    curve = np.array([[0.75, 0.0, 0.25, 0.0, 0.25]])
+    spans = moment_proposals(curve, mpg(top_k=100, gap=0, n=50, lam=0.0))
+    assert list(zip(spans.first, spans.last, strict=True)) == [(0, 0), (2, 2), (4, 4)]
+    # a cut above them (80th percentile: 0.25 + 0.2 * 0.5 = 0.35): only the best span is left
+    spans = moment_proposals(curve, mpg(top_k=100, gap=0, n=80, lam=0.0))
+    assert list(zip(spans.first, spans.last, strict=True)) == [(0, 0)]
+
+
+def test_merge_mode_merges_when_the_merged_mean_equals_the_percentile():
+    # threshold 0 selects frames 0, 2, 3, 4, each its own run (merge_gaps with gap 0), then
+    # neighbours within gap 2 merge unless the merged mean falls below the percentile.
+    # n=50: the cut is 0.5 (sorted [0, 0, .5, .5, .75, .75]); merged means 1.5 / 3, 2 / 4,
+    # 2.5 / 5 are all 0.5 exactly: not below the cut, so everything merges into [0,4]
+    curve = np.array([[0.75, 0.0, 0.75, 0.5, 0.5, 0.0]])
+    spans = moment_proposals(curve, mpg(top_k=100, gap=2, n=50, lam=0.0, prune="merge"))
+    assert list(zip(spans.first, spans.last, strict=True)) == [(0, 4)]
+    # n=70: the cut is 0.5 + 0.5 * 0.25 = 0.625. [0]+[2] (0.5) stays apart; [2]+[3] has mean
+    # 0.625 exactly and merges; [2,3]+[4] (1.75 / 3 = 0.583) does not
+    spans = moment_proposals(curve, mpg(top_k=100, gap=2, n=70, lam=0.0, prune="merge"))
+    assert list(zip(spans.first, spans.last, strict=True)) == [(0, 0), (2, 3), (4, 4)]
+
+
+@pytest.mark.parametrize("prune, n", [("frames", 90), ("spans", 100)])
+def test_the_best_span_survives_a_cut_above_every_span(prune: str, n: float):
+    # top_k 4: threshold 0.7 selects frames 0, 3 (1.0) and 8, 11 (0.75); gap 3 makes the
+    # spans [0,3] (mean 0.5) and [8,11] (mean 0.375). The 90th percentile of the frame
+    # scores is 0.75 + 0.9 * 0.25 = 0.975, above both means; dropping the bottom 100% of the
+    # spans drops both: the best span ([0,3]) is kept all the same.
+    curve = np.array([[1.0, 0, 0, 1.0, 0, 0, 0, 0, 0.75, 0, 0, 0.75]])
+    spans = moment_proposals(curve, mpg(top_k=4, gap=3, n=n, lam=0.0, prune=prune))
+    assert list(zip(spans.first, spans.last, strict=True)) == [(0, 3)]
+    np.testing.assert_allclose(spans.score, [0.5])

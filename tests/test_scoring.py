@@ -22,7 +22,7 @@ from harness.method.scoring import (
 )
 from harness.method.sources import Prepared
 
-SPEC = SourceSpec("toy:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, "e")
+SPEC = SourceSpec("toy:val", "qwen2.5-vl", None, "clip-vit-b32", None, "hf-causal-lm", "x", 1, ("e",))
 
 
 def per_query(p: Predictions) -> list[SimpleNamespace]:
@@ -178,3 +178,24 @@ def test_vtg_gpt_recipe_matches_its_published_procedure():
     assert len(got) == len(want)
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(p.saliency, np.mean(curves, axis=0))
+
+
+def test_proposals_come_from_every_variant_curve_and_the_mean():
+    """Two rewrites peak apart: S^1 at frames 0-1, S^2 at 6-7. The mean curve S is 0.5 on
+    both peaks, its threshold falls to 0 (top_k 5) and gap 6 merges them into one span
+    [0,7] of mean 0.25. METHOD.md pools the spans of S^1, S^2 and S: [0,1] and [6,7] score
+    0.7 * 1 + 0.3 * 2 / 2 = 1.0 each (a tie: the earlier curve first), [0,7] 0.7 * 0.25 +
+    0.3 * 8 / 8 = 0.475. From S alone only [0,7] is left."""
+    sims = np.zeros((1, 2, 8))
+    sims[0, 0, :2] = 1.0
+    sims[0, 1, 6:] = 1.0
+    prep = prepared({("qs", "Ca"): sims}, [16.0], [8])
+    kw = {"pairing": "qs-Ca", "m": 2, "normalisation": "raw", "top_k": 5, "gap": 6, "n": 20, "lam": 0.3,
+          "tau": 0.9}
+    (p,) = per_query(predict(prep, _cfg(**kw)))
+    np.testing.assert_allclose(p.windows, [[0.0, 4.0], [12.0, 16.0], [0.0, 16.0]])
+    np.testing.assert_allclose(p.scores, [1.0, 1.0, 0.475])
+    np.testing.assert_allclose(p.saliency, [0.5, 0.5, 0, 0, 0, 0, 0.5, 0.5])
+    (p,) = per_query(predict(prep, _cfg(**kw, proposals_from="mean")))
+    np.testing.assert_allclose(p.windows, [[0.0, 16.0]])
+    np.testing.assert_allclose(p.scores, [0.475])

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from harness import cli
 from harness.cli import main
 from harness.config import ExperimentConfig, load_config
 from harness.config.table import TableError, load_table
@@ -218,6 +219,83 @@ def test_ls_lists_every_registry_and_one_registry(capsys: pytest.CaptureFixture[
     assert "unknown registry 'recipes'; registries: " in capsys.readouterr().err
 
 
+# -- start-up: a command imports what it uses ------------------------------------------------------
+HEAVY = ("numpy", "yaml", "tqdm", "optuna", "mlflow", "torch", "transformers", "sqlalchemy", "pandas",
+         "matplotlib", "spacy", "onnxruntime", "sklearn")
+
+
+def _fresh(code: str, *args: str) -> str:
+    """Run `code` in a new interpreter (nothing imported yet) and return what it printed."""
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_importing_the_command_line_imports_no_heavy_package() -> None:
+    """`granalign --help` builds its parser from `harness.cli` alone: no command module, no
+    numpy, Optuna, MLflow, torch, ... (each command imports its own when it runs)."""
+    code = ("import contextlib, io, sys\nfrom harness.cli import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['--help'])\n"
+            f"print(sorted(m for m in {HEAVY!r} + ('harness.cli.cache', 'harness.cli.build', 'harness.cli.run',"
+            " 'harness.cli.eval', 'harness.cli.study', 'harness.cli.ls') if m in sys.modules))")
+    assert _fresh(code).strip() == "[]"
+
+
+def test_eval_imports_the_evaluator_and_not_the_builder_optuna_or_mlflow(data_root: Path) -> None:
+    """`granalign eval` scores a real file in a fresh process without importing the
+    builder's model backends, the study runner, Optuna, SQLAlchemy or MLflow."""
+    pred = data_root / "qvhighlights" / "eval_reference" / "sample_val_preds.jsonl"
+    code = ("import contextlib, io, sys\nfrom harness.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    rc = main(['eval', '--dataset', 'qvhighlights:val', '--pred', sys.argv[1], '--data-root', sys.argv[2]])\n"
+            "print(rc, 'MR-full-mAP' in out.getvalue())\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'mlflow', 'torch', 'sqlalchemy',"
+            " 'transformers', 'spacy', 'pandas', 'matplotlib') or m.startswith(('harness.builder', 'harness.runner',"
+            " 'harness.cli.study', 'harness.cli.build', 'harness.cli.cache', 'harness.cli.run'))))")
+    ran, imported = _fresh(code, str(pred), str(data_root)).splitlines()
+    assert ran == "0 True"
+    assert imported == "[]"
+
+
+def test_each_command_is_declared_once_and_the_lazy_parser_matches_the_full_one() -> None:
+    """`COMMANDS` names every command a module declares (and only those); the parser made for
+    one command line has that command's arguments exactly as the full parser has them."""
+    declared: dict[str, str] = {}
+    for info in pkgutil.iter_modules(cli.__path__, "harness.cli."):
+        for command in getattr(importlib.import_module(info.name), "ARGUMENTS", {}):
+            assert command not in declared, f"{command} declared by {declared[command]} and {info.name}"
+            declared[command] = info.name
+    assert declared == {c: m for c, (m, _help) in cli.COMMANDS.items()}
+
+    def options(parser: object, words: list[str]) -> list[tuple[tuple[str, ...], object, object]]:
+        for word in words:
+            action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")  # type: ignore[attr-defined]
+            parser = action.choices[word]
+        return [(tuple(a.option_strings), a.dest, a.default) for a in parser._actions]  # type: ignore[attr-defined]
+
+    full = cli.build_parser()
+    for command in cli.COMMANDS:
+        words = command.split()
+        assert cli.named_command([*words, "--help"]) == command
+        lazy = cli.build_parser([*words, "x"])
+        assert options(lazy, words) == options(full, words), command
+        assert len(options(lazy, words)) > 1, command  # more than -h: its arguments were declared
+
+
+def test_ls_in_a_fresh_process_lists_what_importing_every_module_registers() -> None:
+    """`granalign ls` fills the registries itself (`load_all`); importing every module of the
+    package first registers nothing more."""
+    run_ls = "import sys\nfrom harness.cli import main\nsys.exit(main(['ls']))"
+    every_module = ("import importlib, pkgutil, harness\n"
+                    "for m in pkgutil.walk_packages(harness.__path__, 'harness.'):\n"
+                    "    importlib.import_module(m.name)\n")
+    alone = _fresh(run_ls)
+    assert alone == _fresh(every_module + run_ls)
+    assert "qvhighlights:val" in alone and "hf-causal-lm" in alone
+
+
 # -- one home per table, per config and per hyperparameter ------------------------------------------
 def _defined_classes() -> dict[str, str]:
     """class name -> the module that defines it, for every class of the package."""
@@ -294,3 +372,16 @@ def test_adding_a_hyperparameter_is_one_declaration_plus_its_use_in_the_method()
     assert toy_mpg(**base.values("mpg")).toy_bias == 0.0
     # and the real config is untouched: the same hash as before the toy existed
     assert "toy_bias" not in ExperimentConfig().reads()
+
+
+def test_every_mutant_of_the_mutation_check_still_applies() -> None:
+    """`benchmarks/mutants.py` changes exact source lines: a refactor that moves one must
+    move the mutant too, or the check silently tests less (it reports NO LONGER APPLIES)."""
+    spec = importlib.util.spec_from_file_location("granalign_mutants", REPO / "benchmarks" / "mutants.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["granalign_mutants"] = module
+    spec.loader.exec_module(module)
+    stale = [f"{m.id} ({m.path}): found {(REPO / m.path).read_text().count(m.old)} times"
+             for m in module.MUTANTS if (REPO / m.path).read_text().count(m.old) != 1]
+    assert not stale, stale

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
+from harness.cache import lexical  # noqa: F401 (registers the `lemmas` embedder)
 from harness.cache.embed_backends import (
     TORCH,
     ExportedEncoder,

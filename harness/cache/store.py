@@ -31,10 +31,8 @@ from harness.core.errors import HarnessError, StoreError
 from harness.core.faults import fault_point
 from harness.core.io import atomic_write_bytes, canonical_json, sha256_hex
 from harness.core.stages import CACHE_STAGES, STAGES, stage_order
-from harness.core.stores import check_sqlite_file, explain
+from harness.core.stores import check_sqlite_file, default_cache_dir, explain
 
-CACHE_ENV = "GRANALIGN_CACHE"
-DEFAULT_CACHE = Path(".granalign") / "cache"
 STAGE_LABELS = {name: stage.label for name, stage in STAGES.items()}
 
 @dataclass(frozen=True)
@@ -133,10 +131,6 @@ CREATE TABLE IF NOT EXISTS timings (
 
 _EMBEDDING_COLUMNS = {"digest": "TEXT NOT NULL DEFAULT ''", "size": "INTEGER NOT NULL DEFAULT -1",
                       "mtime_ns": "INTEGER NOT NULL DEFAULT -1"}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
 class CacheCorrupt(HarnessError):

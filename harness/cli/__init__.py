@@ -1,7 +1,13 @@
-"""`granalign`: one command, one sub-command group per module of this package.
+"""`granalign`: one command line; each command's arguments and code live in one module of this
+package, imported only when that command runs.
 
-Each module contributes its sub-commands through `add_commands(top, cache)`: `cache`
-(stats, import, embed, build; bench), `run` (run, eval), `study` (table, sweep), `ls`.
+`COMMANDS` names every command, the module that declares its arguments and runs it, and its
+one-line help. The parser names every command, but fills in the arguments of the one the
+command line names only, so `granalign --help` imports no command module and `granalign eval`
+imports the evaluator, not the builder's model backends, Optuna or MLflow. Each command
+module maps its commands to a function that adds their arguments (`ARGUMENTS`); that
+function's `set_defaults(func=...)` is what runs.
+
 Every error the harness anticipates (`HarnessError`: bad data, configs, names) is printed
 as one line, `granalign: error: ...`, with exit status 2.
 """
@@ -10,20 +16,62 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from harness import __version__
-from harness.cli import cache, ls, run, study
 from harness.core.errors import HarnessError, user_message
 from harness.core.processes import Terminated, exit_status, signals_handled
 
-COMMAND_MODULES = (cache, run, study, ls)
+# the groups of sub-commands: name -> (metavar of its sub-command, help)
+GROUPS = {"cache": ("CACHE_COMMAND", "inspect, import, embed and build cached model outputs")}
+
+# command words -> (the module that declares its arguments and runs it, help); --help order
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cache stats": ("harness.cli.cache", "list cached entries per stage and backend"),
+    "cache merge": ("harness.cli.cache",
+                    "join caches built on separate machines (--shard i/N) into one (resumable)"),
+    "cache import": ("harness.cli.cache",
+                     "import public caption / paraphrase releases into the cache (resumable)"),
+    "cache embed": ("harness.cli.cache",
+                    "embed every text list a dataset's runs need (queries, variants, captions)"),
+    "cache build": ("harness.cli.build",
+                    "run the models (rewriter, frame filter, captioners) and fill the cache"),
+    "bench": ("harness.cli.build", "time per query and peak memory per stage (Table 4 inputs)"),
+    "run": ("harness.cli.run", "score every query of a config's dataset from the cache, evaluate"),
+    "eval": ("harness.cli.eval", "score a prediction jsonl against a dataset's ground truth"),
+    "compare": ("harness.cli.eval",
+                "two prediction files on the same queries: differences, intervals, p-values"),
+    "table": ("harness.cli.study", "reproduce a paper table (Optuna study over its rows, MLflow-tracked)"),
+    "sweep": ("harness.cli.study", "an Optuna hyperparameter sweep over a YAML search space"),
+    "ls": ("harness.cli.ls", "list the registries (datasets, pairings, recipes, backends, ...) and their names"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command words a command line names (`eval`, `cache build`), or None.
+
+    The top-level options (`-h`, `--version`) take no value and a group's only option is
+    `-h`, so the command is the first word that is not an option, and a group's sub-command
+    the next one."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if not words:
+        return None
+    return " ".join(words) if words[0] in GROUPS else words[0]
+
+
+def declare_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add `command`'s arguments to its parser (this imports the module that runs it)."""
+    module = importlib.import_module(COMMANDS[command][0])
+    module.ARGUMENTS[command](parser)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `argv`, the arguments of the command it names only
+    (the others are named, with their help, and take no arguments)."""
     parser = argparse.ArgumentParser(
         prog="granalign",
         description="GranAlign harness: zero-shot video moment retrieval on cached model outputs.",
@@ -31,11 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"granalign {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     top.required = True
-    cache_parser = top.add_parser("cache", help="inspect, import, embed and build cached model outputs")
-    cache_cmds = cache_parser.add_subparsers(dest="cache_command", metavar="CACHE_COMMAND")
-    cache_cmds.required = True
-    for module in COMMAND_MODULES:
-        module.add_commands(top, cache_cmds)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    wanted = named_command(argv) if argv is not None else None
+    for command, (_module, help_text) in COMMANDS.items():
+        group, _, name = command.rpartition(" ")
+        if group and group not in groups:
+            metavar, group_help = GROUPS[group]
+            subs = top.add_parser(group, help=group_help).add_subparsers(dest=f"{group}_command", metavar=metavar)
+            subs.required = True
+            groups[group] = subs
+        p = (groups[group] if group else top).add_parser(name, help=help_text)
+        if argv is None or command == wanted:
+            declare_arguments(p, command)
     return parser
 
 
@@ -44,13 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     server that does not answer) leaves here as one line and exit status 2; Ctrl-C as
     status 130 and SIGTERM as 143, after the command's cleanup (worker processes stopped:
     `harness.core.processes`); anything else is a bug and keeps its traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     stdout = sys.stdout
     sys.stdout = _NamedStdout(stdout)  # type: ignore[assignment]
     with signals_handled():
         try:
             _check_working_folder()
+            args = build_parser(argv).parse_args(argv)
             code = int(args.func(args) or 0)
             sys.stdout.flush()
             return code

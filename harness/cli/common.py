@@ -1,11 +1,11 @@
-"""Arguments several commands share."""
+"""Arguments several commands share (light: every command module imports this)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
-from harness.cache.store import default_cache_dir
+from harness.core.stores import default_cache_dir
 
 
 def add_cache_arg(p: argparse.ArgumentParser) -> None:

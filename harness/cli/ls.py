@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from harness.core.registries import load_all
 from harness.core.registry import REGISTRIES, RegistryError
 
 
 def _registries() -> dict[str, object]:
+    """Every registry, filled: the modules that register components are imported here, as
+    no other command imports them all."""
+    load_all()
     return dict(sorted(REGISTRIES.items()))
 
 
@@ -28,7 +32,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAction) -> None:
-    p = top.add_parser("ls", help="list the registries (datasets, pairings, recipes, backends, ...) and their names")
+def _ls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("registry", nargs="?", default=None, help="one registry only, e.g. 'pairing' or 'dataset'")
     p.set_defaults(func=cmd_ls)
+
+
+ARGUMENTS = {"ls": _ls_arguments}

@@ -16,7 +16,13 @@ from harness.core.io import check_output_file
 from harness.method.substitutions import parse_substitutions
 from harness.report.tracking import DEFAULT_TRACKING_URI
 from harness.runner.studies import DEFAULT_STORAGE, MAX_WORKERS, STORAGE_ENV
-from harness.runner.sweeps import MAX_TIMEOUT, run_sweep, sweep_overrides, write_best_config
+from harness.runner.sweeps import (
+    MAX_TIMEOUT,
+    cv_lines,
+    run_sweep,
+    sweep_overrides,
+    write_best_config,
+)
 from harness.tables.run import run_table, table_from_mlflow
 
 
@@ -59,29 +65,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.best_config:  # checked before the sweep, not after it
         check_output_file(Path(args.best_config), "--best-config")
-    summary = run_sweep(args.space, settings, args.n_trials, echo=False, timeout=args.timeout)
+    summary = run_sweep(args.space, settings, args.n_trials, echo=False, cv=args.cv or 0, cv_seed=args.cv_seed,
+                        timeout=args.timeout)
     if args.best_config:  # written before anything is printed: a full stdout cannot lose it
         spec = load_sweep(args.space)
         cfg = write_best_config(args.best_config, args.space, summary, sweep_overrides(spec, settings),
                                 settings.substitutions)
     print(json.dumps(summary, indent=2))
+    if "cv" in summary:
+        print(cv_lines(summary["cv"]))
     if args.best_config:
         print(f"best config ({cfg.hash()}) written to {args.best_config}")
     return 0
 
 
-def add_commands(top: argparse._SubParsersAction, cache: argparse._SubParsersAction) -> None:
-    p = top.add_parser("table", help="reproduce a paper table (Optuna study over its rows, MLflow-tracked)")
+def _table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", help="table id (3, C1, 13, ...) or 'all'")
     p.add_argument("--from-mlflow", action="store_true", help="render from MLflow alone, compute nothing")
     _common(p)
     p.set_defaults(func=cmd_table)
-    s = top.add_parser("sweep", help="an Optuna hyperparameter sweep over a YAML search space")
+
+
+def _sweep_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("space", help="sweep YAML (see experiments/sweeps/)")
     s.add_argument("--n-trials", type=positive_int, default=50, help="complete + pruned trials to reach")
     s.add_argument("--timeout", type=seconds(MAX_TIMEOUT), default=None, metavar="SECONDS",
                    help="time budget: no trial starts after it (running ones finish); a rerun continues")
     s.add_argument("--best-config", metavar="PATH", default=None,
                    help="write the best trial as a run config (YAML) that `granalign run` reproduces")
+    s.add_argument("--cv", type=positive_int, default=None, metavar="K",
+                   help="then nested cross-validation over K folds of queries grouped by video (K more "
+                        "searches of --n-trials each): the estimate on held-out queries and the selection optimism")
+    s.add_argument("--cv-seed", type=int, default=0, help="seed of the folds (default 0)")
     _common(s)
     s.set_defaults(func=cmd_sweep)
+
+
+ARGUMENTS = {"table": _table_arguments, "sweep": _sweep_arguments}

@@ -51,6 +51,7 @@ from harness.core.registries import (
     PRUNERS,
     RECIPES,
     REWRITERS,
+    SMOOTHERS,
     SPAN_SCORERS,
     load_all,
 )
@@ -76,14 +77,21 @@ def param(
     registry: Registry[Any] | None = None,
     choices: Callable[[], Any] | None = None,
     factory: bool = False,
+    off: Any = None,
+    only_with: str | None = None,
 ) -> Any:
     """One config field, declared once: default, role, doc, and how a value is checked (a
     predicate with the text of what is expected, a registry whose names it takes, or a
-    function giving its valid values)."""
+    function giving its valid values).
+
+    A component beyond the paper is off by default: `off` is the value at which it changes
+    nothing (a run at it is the computation without the component, and its hash is the
+    hash from before the component existed); `only_with` names the field that switches on
+    the component a field belongs to (read only when that field is not at its `off`)."""
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
     meta = {"role": role, "doc": doc, "check": check, "expect": expect, "registry": registry,
-            "choices": choices}
+            "choices": choices, "off": off, "only_with": only_with}
     if factory:
         return field(default_factory=default, metadata=meta, compare=False)
     return field(default=default, metadata=meta)
@@ -110,7 +118,8 @@ class ExperimentConfig:
     rewriter_model: str | None = param(None, "input", "rewriter model id; null: the rewriter's own default")
     instruction_pair: int = param(1, "input", "rewrite instruction pair (Table 13)",
                                   choices=lambda: sorted(instruction_pairs()))
-    embedder: str = param("minilm", "input", "sentence embedder", registry=EMBEDDERS)
+    embedder: str = param("minilm", "input", "sentence embedder, or an ensemble `a+b` (cosines averaged: "
+                          "not the paper's)")
     embedder_model: str | None = param(None, "input", "embedder model id or folder; null: the embedder's")
     embedder_dtype: str = param("float32", "input", "embedder precision (part of the embeddings' key)",
                                 choices=lambda: DTYPES)
@@ -144,6 +153,17 @@ class ExperimentConfig:
                                 choices=lambda: PROPOSAL_SOURCES)
     cq_fallback: str = param("ca", "curve", "a frame without an aware caption scores: ca | zero",
                              choices=lambda: CQ_FALLBACKS)
+    # components beyond the paper: off by default, each a computation of its own when on
+    lexical_weight: float = param(0.0, "curve", "NOT THE PAPER'S: weight of the lemma-bag cosine fused "
+                                  "with the sentence cosine", check=lambda v: 0.0 <= v <= 1.0,
+                                  expect="0 <= lexical_weight <= 1", off=0.0)
+    lexical_embedder: str = param("lemmas", "input", "the lexical embedder lexical_weight fuses in",
+                                  registry=EMBEDDERS, only_with="lexical_weight")
+    smooth: str = param("none", "curve", "NOT THE PAPER'S: temporal context, none | box",
+                        registry=SMOOTHERS, off="none")
+    smooth_window: int = param(1, "curve", "frames on each side that `smooth` averages over",
+                               check=lambda v: 1 <= v <= 50, expect="1 <= smooth_window <= 50",
+                               only_with="smooth")
     max_windows: int = param(10, "nms", "windows written per query", check=lambda v: 1 <= v <= MAX_WINDOWS,
                              expect=f"1 <= max_windows <= {MAX_WINDOWS} (the official evaluator reads the first 10)")
     limit: int | None = param(None, "input", "first N queries only (quick looks, CI)", check=lambda v: v >= 1,
@@ -165,8 +185,14 @@ class ExperimentConfig:
             if meta["choices"] is not None and value not in meta["choices"]():
                 raise ConfigError(
                     f"key {f.name!r} = {quote(value)} is not valid; valid: {', '.join(map(str, meta['choices']()))}")
+        members = self.embedders()
+        for member in members:
+            _check_name("embedder", member, EMBEDDERS)
+        if len(members) > 1 and (self.embedder_model or self.embedder_backend):
+            raise ConfigError(f"key 'embedder' = {quote(self.embedder)}: an ensemble uses each member's own "
+                              "model and default backend (embedder_model and embedder_backend must be null)")
         try:
-            resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend, self.embedder_model)
+            self.embedder_backends()
         except ValueError as e:
             raise ConfigError(f"keys 'embedder_dtype', 'embedder_backend': {e}") from None
         try:
@@ -184,6 +210,16 @@ class ExperimentConfig:
 
     def pairs(self) -> tuple[tuple[str, str], ...]:
         return resolve_pairing(self.pairing)
+
+    def embedders(self) -> tuple[str, ...]:
+        """The embedder, or the members of an ensemble (`minilm+mpnet`)."""
+        return tuple(m.strip() for m in self.embedder.split("+"))
+
+    def embedder_backends(self) -> tuple[str, ...]:
+        """The backend each embedder runs (None resolved to its default)."""
+        single = len(self.embedders()) == 1
+        return tuple(resolve_backend(m, self.embedder_dtype, self.embedder_backend if single else None,
+                                     self.embedder_model if single else None) for m in self.embedders())
 
     def values(self, role: str) -> dict[str, Any]:
         """The fields of one role, by name: what a stage of the method is given (keyword
@@ -209,15 +245,22 @@ class ExperimentConfig:
     def hash(self) -> str:
         """sha256 (first 16 hex) over the fields that can change this config's numbers
         (`reads`), with the pairing as its resolved pairs (`granalign` = `qs-Ca+qd-Cq`)."""
-        d = {k: v for k, v in self.to_dict().items() if k in self.reads()}
+        d = {k: v for k, v in self.to_dict().items() if k in self.reads() and not self._is_off(k)}
         d["pairing"] = [list(p) for p in self.pairs()]
         # the embedder backend that runs (None resolved), and none named for torch: the
         # hashes of configs written before backends existed stay what they were
-        backend = resolve_backend(self.embedder, self.embedder_dtype, self.embedder_backend, self.embedder_model)
+        backends = self.embedder_backends()
         d.pop("embedder_backend", None)
-        if backend != TORCH:
-            d["embedder_backend"] = backend
+        if any(b != TORCH for b in backends):
+            d["embedder_backend"] = backends[0] if len(backends) == 1 else list(backends)
         return sha256_hex(canonical_json(d))[:16]
+
+    def _is_off(self, name: str) -> bool:
+        """A field of a component that is off: it changes nothing, so the hash leaves it out."""
+        meta = _metadata(type(self))[name]
+        if meta["only_with"] is not None:
+            return self._is_off(meta["only_with"])
+        return meta["off"] is not None and getattr(self, name) == meta["off"]
 
     def replace(self, **overrides: Any) -> ExperimentConfig:
         return from_dict({**self.to_dict(), **overrides}, cls=type(self))
@@ -230,6 +273,12 @@ class ExperimentConfig:
                 continue
             out[k] = canonical_json(v) if isinstance(v, list | dict) else str(v)
         return out
+
+
+@functools.cache
+def _metadata(cls: type) -> dict[str, Any]:
+    """Each field's declaration (its `param` metadata), by name, once per config class."""
+    return {f.name: f.metadata for f in fields(cls)}
 
 
 @functools.cache

@@ -23,9 +23,51 @@ from harness.core.yaml_io import load_yaml
 from harness.eval.protocols import protocol_of
 
 SPACE_TYPES = ("float", "int", "categorical")
-SWEEP_KEYS = ("name", "base", "overrides", "objectives", "space", "sampler", "pruner")
+SWEEP_KEYS = ("name", "base", "overrides", "objectives", "space", "sampler", "pruner", "select")
+SELECTION_RULES = ("objective", "weighted", "floor")
 SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS_KNOWN = ("median",)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How a sweep picks one trial (its best config, each cross-validation fold's choice).
+
+    - `objective`: the single objective's best (the only rule a one-objective sweep needs);
+    - `weighted`: the largest sum of `weights[metric] * value` over the objectives (a
+      minimised objective counts negatively);
+    - `floor`: the best `metric` among the trials whose other objectives reach `floors`
+      (e.g. the best mAP@avg with R1@0.5 >= 58): a trial below a floor is never chosen.
+    """
+
+    rule: str
+    objectives: tuple[tuple[str, str], ...]
+    weights: Mapping[str, float]
+    metric: str = ""
+    floors: Mapping[str, float] | None = None
+
+    def score(self, values: Mapping[str, float]) -> float | None:
+        """The trial's score under the rule (larger is better); None: not eligible."""
+        sign = {m: (1.0 if d == "maximize" else -1.0) for m, d in self.objectives}
+        if any(v is None or v != v for v in values.values()):  # NaN
+            return None
+        if self.rule == "objective":
+            (m, _), = self.objectives
+            return sign[m] * values[m]
+        if self.rule == "weighted":
+            return sum(w * sign[m] * values[m] for m, w in self.weights.items())
+        for m, lo in (self.floors or {}).items():
+            if sign[m] * values[m] < sign[m] * lo:
+                return None
+        return sign[self.metric] * values[self.metric]
+
+    def describe(self) -> str:
+        if self.rule == "objective":
+            return f"best {self.objectives[0][0]} ({self.objectives[0][1]})"
+        if self.rule == "weighted":
+            return "largest weighted sum " + " + ".join(f"{w:g} * {m}" for m, w in self.weights.items())
+        floors = ", ".join(f"{m} >= {v:g}" for m, v in (self.floors or {}).items())
+        return f"best {self.metric} with {floors}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +80,11 @@ class SweepSpec:
     sampler: Mapping[str, Any]
     pruner: Mapping[str, Any] | None
     path: Path
+    select: Selection | None = None
+
+    def selection(self) -> Selection:
+        """How this sweep picks one trial (the single objective's best by default)."""
+        return self.select or Selection("objective", self.objectives, {})
 
     def base_config(self, extra: Mapping[str, Any] | None = None) -> ExperimentConfig:
         return load_config(resolve_base(self.path, self.base), {**self.overrides, **(extra or {})})
@@ -89,12 +136,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if param not in fields and not _coupled(dist):
             raise ConfigError(f"{path}: space parameter {param!r} is not a config key (a name that "
                               "is not one takes categorical choices that are mappings of config keys)")
-    for key in ("overrides", "sampler", "pruner"):
+    for key in ("overrides", "sampler", "pruner", "select"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"{path}: {key!r} should be a mapping")
     spec = SweepSpec(
         str(data["name"]), str(data["base"]), dict(data.get("overrides") or {}), tuple(objectives),
         dict(space), dict(data.get("sampler") or {"type": "tpe"}), data.get("pruner"), path,
+        _selection(data.get("select"), tuple(objectives), path),
     )
     try:  # validates base + overrides now, not in a worker
         base = spec.base_config()
@@ -199,3 +247,35 @@ def _check_search(spec: SweepSpec) -> None:
         if spec.pruner.get("type", "median") not in PRUNERS_KNOWN:
             raise ConfigError(f"{spec.path}: pruner type must be median")
         whole(spec.pruner.get("n_startup_trials", 5), spec.path, "pruner.n_startup_trials")
+
+
+def _selection(raw: Mapping[str, Any] | None, objectives: tuple[tuple[str, str], ...], path: Path) -> Selection:
+    """The sweep's `select:` rule, checked against its objectives."""
+    metrics = [m for m, _ in objectives]
+    if raw is None:
+        if len(objectives) > 1:
+            raise ConfigError(f"{path}: a sweep with several objectives ({', '.join(metrics)}) declares how "
+                              "to pick one trial: select: {rule: weighted, weights: {...}} or "
+                              "{rule: floor, metric: ..., floors: {...}}")
+        return Selection("objective", objectives, {})
+    rule = raw.get("rule")
+    unknown = sorted(set(raw) - {"rule", "weights", "metric", "floors"})
+    if rule not in SELECTION_RULES or unknown:
+        raise ConfigError(f"{path}: select should be {{rule: {' | '.join(SELECTION_RULES)}, ...}}, got "
+                          f"{dict(raw)!r:.120}")
+    if rule == "objective":
+        if len(objectives) != 1:
+            raise ConfigError(f"{path}: select rule 'objective' needs a single objective")
+        return Selection("objective", objectives, {})
+    if rule == "weighted":
+        weights = raw.get("weights")
+        if not isinstance(weights, dict) or not weights or set(weights) - set(metrics) or not all(
+                isinstance(w, int | float) and not isinstance(w, bool) for w in weights.values()):
+            raise ConfigError(f"{path}: select.weights should map objectives ({', '.join(metrics)}) to numbers")
+        return Selection("weighted", objectives, {m: float(w) for m, w in weights.items()})
+    metric, floors = raw.get("metric"), raw.get("floors")
+    if metric not in metrics or not isinstance(floors, dict) or set(floors) - set(metrics) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in floors.values()):
+        raise ConfigError(f"{path}: select rule 'floor' needs metric: one of {', '.join(metrics)} and floors: "
+                          "{objective: value}")
+    return Selection("floor", objectives, {}, str(metric), {m: float(v) for m, v in floors.items()})

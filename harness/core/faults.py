@@ -6,7 +6,10 @@
 - `#key`: only where the call's key equals it (a table row's name, a builder stage);
 - `@n`: only the n-th time that entry matches in this process (else every time);
 - `|action`: `raise` (the default: `InjectedFault`), `kill` (SIGKILL, what `kill -9` or the
-  OOM killer does: no `finally`, no cleanup) or `sleep=SECONDS` (a slow step).
+  OOM killer does: no `finally`, no cleanup), `sleep=SECONDS` (a slow step) or `gate=FILE`
+  (create `FILE.<pid>`, then wait until FILE exists, at most 10 minutes: a test knows this
+  process is here and stays here until it opens the gate, so a kill lands at this point on
+  a slow machine as on a fast one).
 
 Unset (always, outside tests) a call costs a dictionary lookup.
 """
@@ -19,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 FAULT_ENV = "GRANALIGN_TEST_FAULT"
 _hits: Counter[str] = Counter()
@@ -44,6 +48,13 @@ def _parse(text: str) -> _Entry:
     return _Entry(text, point, key if sep else None, int(nth) if nth else None, action or "raise")
 
 
+def _wait_at_gate(gate: Path, limit: float = 600.0) -> None:
+    Path(f"{gate}.{os.getpid()}").touch()
+    deadline = time.monotonic() + limit
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def fault_point(point: str, key: str = "") -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -60,5 +71,8 @@ def fault_point(point: str, key: str = "") -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if entry.action.startswith("sleep="):
             time.sleep(float(entry.action.removeprefix("sleep=")))
+            continue
+        if entry.action.startswith("gate="):
+            _wait_at_gate(Path(entry.action.removeprefix("gate=")))
             continue
         raise InjectedFault(f"injected fault at {point}{'#' + key if key else ''} ({FAULT_ENV}={spec})")

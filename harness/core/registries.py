@@ -36,6 +36,8 @@ CAPTION_KINDS: Registry[Any] = Registry(
     "caption kind", base="harness.method.kinds:CaptionKind", doc="caption kinds: Ca, Cq")
 PAIRINGS: Registry[Any] = Registry("pairing", doc="(query kind, caption kind) pairs averaged in Eq. 1")
 NORMALISATIONS: Registry[Any] = Registry("normalisation", doc="cosine -> [0, 1] score per frame (g in Eq. 1)")
+SMOOTHERS: Registry[Any] = Registry(
+    "smoother", doc="temporal context: a frame's score over its neighbours (not the paper's)")
 PRUNERS: Registry[Any] = Registry(
     "pruning rule", doc="steps 2-3 of the MPG: selected frames -> merged, pruned spans")
 SPAN_SCORERS: Registry[Any] = Registry("span scorer", doc="span score, Eq. 2")
@@ -61,6 +63,7 @@ REGISTERING_MODULES = (
     "harness.eval",
     "harness.cache.demo",
     "harness.cache.embedders",
+    "harness.cache.lexical",
     "harness.cache.backbones",
     "harness.method.recipes",
     "harness.builder.backends",

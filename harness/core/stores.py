@@ -35,8 +35,15 @@ from harness.core.errors import (
 T = TypeVar("T")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+CACHE_ENV = "GRANALIGN_CACHE"
+DEFAULT_CACHE = Path(".granalign") / "cache"
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
 MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+def default_cache_dir() -> Path:
+    """The cache folder when none is given: `$GRANALIGN_CACHE`, else `.granalign/cache`."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
 def url_scheme(url: str) -> str:

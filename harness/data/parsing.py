@@ -34,6 +34,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # one for every line (json.loads makes one a call)
+
+
 def parse_json_line(line: str | bytes, where: str) -> Any:
     """One JSON value (a line, or a whole file); every way a line can be unreadable (not UTF-8, invalid JSON, NaN or
     Infinity, nested too deeply to parse) is a DataError naming `where`."""
@@ -46,7 +49,9 @@ def parse_json_line(line: str | bytes, where: str) -> Any:
                 raise DataError(f"{where}: the file is {kind}; expected JSON text") from None
             raise DataError(f"{where}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1})") from None
     try:
-        return json.loads(line, parse_constant=_no_constant)
+        if line.startswith("\ufeff"):  # json.loads names a byte-order mark; the decoder alone would not
+            return json.loads(line, parse_constant=_no_constant)
+        return _DECODER.decode(line)
     except json.JSONDecodeError as e:
         at = f"{where}:{e.lineno}" if "\n" in line.rstrip("\n") else where  # a whole file: its line
         raise DataError(f"{at}: invalid JSON ({e.msg}, column {e.colno})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from harness.data.parsing import duration_of, field_of, iter_jsonl, path_safe_id
 from harness.data.spec import register_dataset
 
 SALIENCY_MAX = 4  # annotators score each clip 0 (very bad) to 4 (very good)
+_INT, _LIST = frozenset((int,)), frozenset((list,))  # JSON's integer and array types (a bool's is bool)
 
 
 @register_dataset("qvhighlights", splits=("val", "test"), protocol="qvhighlights",
@@ -58,6 +60,13 @@ def _saliency(ids: list[Any], scores: list[Any], where: str, n_clips: int) -> di
     def is_int(x: Any) -> bool:
         return isinstance(x, int) and not isinstance(x, bool)
 
+    # the fast path, in C loops: plain JSON ints in range, each id once, each score list
+    # non-empty; anything else goes through the loop below, which names the bad entry
+    flat = list(chain.from_iterable(scores)) if _LIST.issuperset(map(type, scores)) and all(scores) else None
+    if (flat is not None and _INT.issuperset(map(type, ids)) and _INT.issuperset(map(type, flat))
+            and (not ids or (min(ids) >= 0 and max(ids) < n_clips)) and len(set(ids)) == len(ids)
+            and (not flat or (min(flat) >= 0 and max(flat) <= SALIENCY_MAX))):
+        return dict(zip(ids, map(tuple, scores), strict=True))
     out: dict[int, tuple[int, ...]] = {}
     for k, (i, s) in enumerate(zip(ids, scores, strict=True)):
         if not is_int(i) or i < 0 or i >= n_clips:

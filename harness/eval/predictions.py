@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,17 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+_JSON_NUMBERS = frozenset((int, float))
+_LIST, _THREE = frozenset((list,)), frozenset((3,))
+
+
+def _plain_numbers(values: list[Any]) -> bool:
+    """Every value is a JSON number (exactly int or float) and finite, checked in C loops: the
+    fast path for long lists. True only where `_is_number` holds for each value; a False
+    sends the list to the per-value check, which names what is wrong."""
+    return _JSON_NUMBERS.issuperset(map(type, values)) and all(map(math.isfinite, values))
+
+
 def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Check one official-format prediction row; the error names `where` and the field."""
     qid = obj.get("qid")
@@ -84,6 +97,30 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     if len(windows) > MAX_WINDOWS:
         raise DataError(f"{where}: {len(windows)} pred_relevant_windows, expected at most "
                         f"{MAX_WINDOWS} (the official evaluator reads the first 10)")
+    flat = list(chain.from_iterable(windows)) if _LIST.issuperset(map(type, windows)) else []
+    if len(flat) == 3 * len(windows) and _THREE.issuperset(map(len, windows)) and _plain_numbers(flat) \
+            and all(map(operator.le, flat[0::3], flat[1::3])):  # the fast path: plain [start, end, score]
+        clean = [list(map(float, w)) for w in windows]
+    else:
+        clean = _checked_windows(windows, where)
+    row: dict[str, Any] = {"qid": qid, "pred_relevant_windows": clean}
+    for key in ("query", "vid"):
+        if key in obj:
+            row[key] = obj[key]
+    if "pred_saliency_scores" in obj:
+        sal = obj["pred_saliency_scores"]
+        if not isinstance(sal, list) or not sal or not (_plain_numbers(sal) or all(_is_number(x) for x in sal)):
+            raise DataError(
+                f"{where}: field 'pred_saliency_scores' should be a non-empty list of finite "
+                "numbers, one per 2-s clip"
+            )
+        row["pred_saliency_scores"] = list(map(float, sal))
+    return row
+
+
+def _checked_windows(windows: list[Any], where: str) -> list[list[float]]:
+    """The windows as [start, end, score] floats, each checked; the error names the first
+    bad one."""
     clean = []
     for k, w in enumerate(windows):
         if not isinstance(w, list | tuple) or len(w) != 3 or not all(_is_number(x) for x in w):
@@ -94,19 +131,7 @@ def parse_prediction_row(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
         if w[1] < w[0]:
             raise DataError(f"{where}: pred_relevant_windows[{k}] = {w!r} ends before it starts")
         clean.append([float(w[0]), float(w[1]), float(w[2])])
-    row: dict[str, Any] = {"qid": qid, "pred_relevant_windows": clean}
-    for key in ("query", "vid"):
-        if key in obj:
-            row[key] = obj[key]
-    if "pred_saliency_scores" in obj:
-        sal = obj["pred_saliency_scores"]
-        if not isinstance(sal, list) or not sal or not all(_is_number(x) for x in sal):
-            raise DataError(
-                f"{where}: field 'pred_saliency_scores' should be a non-empty list of finite "
-                "numbers, one per 2-s clip"
-            )
-        row["pred_saliency_scores"] = [float(x) for x in sal]
-    return row
+    return clean
 
 
 def load_predictions(path: str | Path) -> list[dict[str, Any]]:

@@ -39,14 +39,21 @@ class SourceSpec:
     rewriter: str
     rewriter_model: str
     instruction_pair: int
-    embedder_model: str
+    embedder_models: tuple[str, ...]  # one, or the members of an ensemble (cosines averaged)
+    lexical_model: str | None = None  # the lexical "embedder" a run fuses in, if any
+
+    def __post_init__(self) -> None:
+        # a bare model id would be read as one model per character
+        if not isinstance(self.embedder_models, tuple) or not all(isinstance(m, str) for m in self.embedder_models):
+            raise TypeError(f"SourceSpec.embedder_models must be a tuple of model ids, not {self.embedder_models!r}")
 
     @classmethod
-    def from_config(cls, cfg: Any, embedder_model: str, rewriter_model: str) -> SourceSpec:
+    def from_config(cls, cfg: Any, embedder_models: tuple[str, ...], rewriter_model: str,
+                    lexical_model: str | None = None) -> SourceSpec:
         return cls(
             cfg.dataset, cfg.captions, cfg.caption_model, cfg.frame_filter,
             cfg.frame_filter_model, cfg.rewriter, rewriter_model, cfg.instruction_pair,
-            embedder_model,
+            tuple(embedder_models), lexical_model,
         )
 
     def frame_filter_producer(self) -> Producer:

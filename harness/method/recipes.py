@@ -16,7 +16,7 @@ import numpy as np
 
 from harness.core.constants import CLIP_SECONDS
 from harness.core.query import Query
-from harness.core.registries import NORMALISATIONS, RECIPES
+from harness.core.registries import NORMALISATIONS, RECIPES, SMOOTHERS
 from harness.method.kinds import Pair
 from harness.method.proposals import CurveBatch, MPGParams, batched_nms, moment_proposals
 from harness.method.scoring import (
@@ -42,6 +42,19 @@ class Curves:
         self.batch = CurveBatch(self.values)  # what the MPG derives from the curves alone, kept
 
 
+def fused_sims(prep: Prepared, pair: Pair, lexical_weight: float) -> np.ndarray | None:
+    """A pair's raw similarities: the sentence-embedding cosine, fused with the lemma-bag
+    cosine as `(1 - w) * semantic + w * lexical` where a run asks for it (NOT THE PAPER'S:
+    `harness.cache.lexical`)."""
+    sims = prep.sims.get(pair)
+    if sims is None or lexical_weight == 0.0:
+        return sims
+    if prep.lexical is None or pair not in prep.lexical:
+        raise ValueError("lexical_weight > 0 needs the lemma-bag similarities: the run's inputs "
+                         "were prepared without them")
+    return ((1.0 - lexical_weight) * sims + lexical_weight * prep.lexical[pair]).astype(np.float32)
+
+
 class Recipe:
     """GranAlign: Eq. 1 curves, the MPG on variant and mean curves, Eq. 2, NMS on seconds."""
 
@@ -65,14 +78,14 @@ class Recipe:
         cand = None
         if prep.aware_rank is not None:
             cand = candidate_mask(prep.aware_rank, prep.n_frames, cfg.K)
+        smooth = SMOOTHERS.get(cfg.smooth)
         out = []
         for x, c in self.pairs(cfg):
             m = 1 if x == "q" else cfg.m
-            ca = prep.sims.get((x, "Ca"))
-            cq = prep.sims.get((x, "Cq"))
+            ca, cq = (fused_sims(prep, (x, kind), cfg.lexical_weight) for kind in ("Ca", "Cq"))
             ca = ca[:, :m] if ca is not None else None
             cq = cq[:, :m] if cq is not None else None
-            out.append(pair_scores(c, ca, cq, cand, normalise, cfg.cq_fallback))
+            out.append(smooth(pair_scores(c, ca, cq, cand, normalise, cfg.cq_fallback), cfg.smooth_window))
         return out
 
     def curves(self, prep: Prepared, cfg: Any) -> Curves:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from harness.core.registries import NORMALISATIONS, PAIRINGS
+from harness.core.registries import NORMALISATIONS, PAIRINGS, SMOOTHERS
 from harness.method.kinds import Pair, caption_kind_names, query_kind_names
 
 # what a frame without an aware caption scores for a Cq pair: its agnostic caption, or 0
@@ -153,3 +153,28 @@ def variant_curves(per_pair: Sequence[np.ndarray]) -> np.ndarray:
 def frame_scores(variants: np.ndarray) -> np.ndarray:
     """Eq. 1: S_i, the mean over pairs and variants, `(Q, T_max)`."""
     return _nanmean_allnan(variants, axis=1)
+
+
+# -- temporal context (not the paper's) -------------------------------------------------------
+@SMOOTHERS.register("none")
+def no_smoothing(scores: np.ndarray, window: int) -> np.ndarray:
+    """The paper's: each frame scored on its own."""
+    return scores
+
+
+@SMOOTHERS.register("box")
+def box_smoothing(scores: np.ndarray, window: int) -> np.ndarray:
+    """NOT THE PAPER'S: each frame's score the mean of the frames at most `window` away
+    (within the video: NaN padding and NaN frames are neither read nor filled).
+
+    Why: a caption describes one frame; the moment a query names spans several, and a
+    frame whose neighbours match is more likely inside it than an isolated match."""
+    valid = ~np.isnan(scores)
+    pad = [(0, 0)] * (scores.ndim - 1) + [(1, 0)]
+    total = np.cumsum(np.pad(np.where(valid, scores, 0.0), pad), axis=-1)
+    count = np.cumsum(np.pad(valid.astype(np.float64), pad), axis=-1)
+    t = scores.shape[-1]
+    i = np.arange(t)
+    lo, hi = np.clip(i - window, 0, t), np.clip(i + window + 1, 0, t)
+    sums, counts = total[..., hi] - total[..., lo], count[..., hi] - count[..., lo]
+    return np.where(valid, sums / np.maximum(counts, 1.0), np.nan).astype(scores.dtype, copy=False)

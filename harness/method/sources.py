@@ -9,7 +9,7 @@ stage, the backend and how many items are missing, before anything is computed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,8 @@ class Prepared:
 
     `sims[(x, C)]` is `(Q, m_x, T_max)` raw cosine, NaN past each video's `n_frames`;
     for `Cq` it is NaN outside the frames that have an aware caption, whose rank is in
-    `aware_rank` `(Q, T_max)`.
+    `aware_rank` `(Q, T_max)`. With several embedders (an ensemble) it is the mean of their
+    cosines; `lexical` holds the lemma-bag cosines of the same pairs where a run fuses them.
     """
 
     dataset: str
@@ -41,6 +42,7 @@ class Prepared:
     fingerprint: str
     spec: SourceSpec
     synthetic: bool = False
+    lexical: dict[Pair, np.ndarray] | None = None
     _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def memo(self, key: Hashable, make: Callable[[], Any]) -> Any:
@@ -56,14 +58,23 @@ class Prepared:
 
     def head(self, n: int) -> Prepared:
         """The first `n` queries: what a pruned sweep trial scores before the rest."""
-        return self.memo(("head", n), lambda: self._head(n))
+        return self.memo(("head", n), lambda: self._select(np.arange(min(n, len(self.queries)))))
 
-    def _head(self, n: int) -> Prepared:
+    def select(self, indices: Sequence[int]) -> Prepared:
+        """The queries at `indices` (in that order): a cross-validation fold."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return self.memo(("select", idx.tobytes()), lambda: self._select(idx))
+
+    def _select(self, idx: np.ndarray) -> Prepared:
+        def take(d: dict[Pair, np.ndarray] | None) -> dict[Pair, np.ndarray] | None:
+            return None if d is None else {k: v[idx] for k, v in d.items()}
+
+        sims = take(self.sims)
+        assert sims is not None
         return Prepared(
-            self.dataset, self.queries[:n], self.n_frames[:n],
-            {k: v[:n] for k, v in self.sims.items()},
-            None if self.aware_rank is None else self.aware_rank[:n],
-            self.fingerprint, self.spec, self.synthetic,
+            self.dataset, tuple(self.queries[i] for i in idx), self.n_frames[idx], sims,
+            None if self.aware_rank is None else self.aware_rank[idx],
+            self.fingerprint, self.spec, self.synthetic, take(self.lexical),
         )
 
 
@@ -143,18 +154,16 @@ def prepare(
             if q.vid not in ca_slots and e is not None:
                 ca_slots[q.vid] = slot(list(e.value))
     cq_slots = [slot(list(e.value["captions"])) if e is not None else -1 for e in cq_rows] if cq_rows else []
-    matrices = cache.get_embeddings_many(spec.embedder_model, wanted)
-    emb_total = len(wanted)
-    emb_missing = sum(1 for texts, m in zip(wanted, matrices, strict=True) if texts and m is None)
-    q_emb = {x: [matrices[k] for k in ks] for x, ks in q_slots.items()}
-    ca_emb = {vid: matrices[k] for vid, k in ca_slots.items()}
-    cq_emb = [matrices[k] if k >= 0 else None for k in cq_slots]
-    if emb_missing:
-        raise MissingInputs(
-            [Missing.stage("embeddings", spec.embedder_model, emb_missing, emb_total, "text lists",
-                           f"run: granalign cache embed --dataset {dataset.name}")],
-            name, note=cache.absence_note,
-        )
+    # every model's matrices of those lists: the semantic embedders (averaged: an ensemble)
+    # and, where a run fuses it, the lexical one; what any of them lacks is reported at once
+    models = (*spec.embedder_models, *((spec.lexical_model,) if spec.lexical_model else ()))
+    by_model = {mid: cache.get_embeddings_many(mid, wanted) for mid in models}
+    gaps = [Missing.stage("embeddings", mid, lacking, len(wanted), "text lists",
+                          f"run: granalign cache embed --dataset {dataset.name}")
+            for mid, matrices in by_model.items()
+            if (lacking := sum(1 for t, m in zip(wanted, matrices, strict=True) if t and m is None))]
+    if gaps:
+        raise MissingInputs(gaps, name, note=cache.absence_note)
 
     # 3. frame counts: the agnostic captions (one per decoded frame), else the clip grid
     n_frames = np.array(
@@ -176,24 +185,35 @@ def prepare(
             aware_rank[i, cols] = np.arange(frames.size)[ok]
             cq_cols.append(np.flatnonzero(ok))
 
-    sims: dict[Pair, np.ndarray] = {}
-    for x, c in sorted(need):
-        m_x = max(int(q_emb[x][i].shape[0]) for i in range(nq)) if nq else 1
-        out = np.full((nq, m_x, t_max), np.nan, dtype=np.float32)
-        for i, q in enumerate(queries):
-            qe = q_emb[x][i]
-            assert qe is not None
-            if c == "Ca":
-                ce = ca_emb[q.vid]
-                assert ce is not None
-                out[i, : qe.shape[0], : n_frames[i]] = qe @ ce[: n_frames[i]].T
-            else:
-                ce = cq_emb[i]
-                assert ce is not None and cq_rows is not None
-                frames = np.asarray(cq_rows[i].value["frames"], dtype=np.int64)
-                keep = cq_cols[i]
-                row = out[i]  # a view; row[:m, cols] keeps (m, len(cols)) order
-                row[: qe.shape[0], frames[keep]] = qe @ ce[keep].T
-        sims[(x, c)] = out
+    def similarities(matrices: list[np.ndarray | None]) -> dict[Pair, np.ndarray]:
+        """Raw cosine `(Q, m_x, T_max)` per pair from one model's matrices."""
+        q_emb = {x: [matrices[k] for k in ks] for x, ks in q_slots.items()}
+        ca_emb = {vid: matrices[k] for vid, k in ca_slots.items()}
+        cq_emb = [matrices[k] if k >= 0 else None for k in cq_slots]
+        out_sims: dict[Pair, np.ndarray] = {}
+        for x, c in sorted(need):
+            m_x = max(int(q_emb[x][i].shape[0]) for i in range(nq)) if nq else 1
+            out = np.full((nq, m_x, t_max), np.nan, dtype=np.float32)
+            for i, q in enumerate(queries):
+                qe = q_emb[x][i]
+                assert qe is not None
+                if c == "Ca":
+                    ce = ca_emb[q.vid]
+                    assert ce is not None
+                    out[i, : qe.shape[0], : n_frames[i]] = qe @ ce[: n_frames[i]].T
+                else:
+                    ce = cq_emb[i]
+                    assert ce is not None and cq_rows is not None
+                    frames = np.asarray(cq_rows[i].value["frames"], dtype=np.int64)
+                    keep = cq_cols[i]
+                    row = out[i]  # a view; row[:m, cols] keeps (m, len(cols)) order
+                    row[: qe.shape[0], frames[keep]] = qe @ ce[keep].T
+            out_sims[(x, c)] = out
+        return out_sims
+
+    members = [similarities(by_model[mid]) for mid in spec.embedder_models]
+    sims = members[0] if len(members) == 1 else {
+        pair: np.mean(np.stack([m[pair] for m in members]), axis=0).astype(np.float32) for pair in members[0]}
+    lexical = similarities(by_model[spec.lexical_model]) if spec.lexical_model else None
     return Prepared(name, tuple(queries), n_frames, sims, aware_rank, cache.fingerprint(), spec,
-                    dataset.synthetic)
+                    dataset.synthetic, lexical)

@@ -203,24 +203,52 @@ def owner_gone(t: FrozenTrial, now: float | None = None) -> bool:
     return (now or time.time()) - float(w.get("beat", 0.0)) > 3 * GRACE_PERIOD
 
 
+class Heartbeat:
+    """One thread per worker process that refreshes the running trial's heartbeat every
+    HEARTBEAT_INTERVAL seconds (a thread per trial would cost more than a short trial)."""
+
+    def __init__(self) -> None:
+        self._trial: optuna.Trial | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            with self._lock:
+                t = self._trial
+                if t is None:
+                    continue
+                with contextlib.suppress(Exception):  # a missed beat is retried; never kill the trial
+                    t.set_user_attr(WORKER_ATTR, {**_worker_info(t), "beat": time.time()})
+
+    @contextlib.contextmanager
+    def running(self, t: optuna.Trial) -> Iterator[None]:
+        """Beat for `t` while the block runs."""
+        with self._lock:
+            self._trial = t
+        try:
+            yield
+        finally:
+            with self._lock:  # no beat lands on a trial after its block ended
+                self._trial = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @contextlib.contextmanager
 def heartbeat(t: optuna.Trial) -> Iterator[None]:
-    """Refresh the trial's heartbeat every HEARTBEAT_INTERVAL seconds while the block runs."""
-    stop = threading.Event()
-    info = _worker_info(t)
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_INTERVAL):
-            with contextlib.suppress(Exception):  # a missed beat is retried; never kill the trial
-                t.set_user_attr(WORKER_ATTR, {**info, "beat": time.time()})
-
-    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{t.number}")
-    thread.start()
+    """Refresh one trial's heartbeat while the block runs (a worker of many trials keeps one
+    `Heartbeat` instead)."""
+    beat = Heartbeat()
     try:
-        yield
+        with beat.running(t):
+            yield
     finally:
-        stop.set()
-        thread.join()
+        beat.stop()
 
 
 def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
@@ -333,13 +361,15 @@ class StudyWorker:
 
     def run(self) -> int:
         done = 0
+        beat = Heartbeat()
         try:
             while (claimed := self.claim()) is not None:
                 t, what = claimed
-                with heartbeat(t):
+                with beat.running(t):
                     self._one(t, what)
                 done += 1
         finally:
+            beat.stop()
             self.tracker.drain()
         return done
 

@@ -51,15 +51,19 @@ from harness.method.sources import Prepared, prepare
 from harness.method.substitutions import Substitution, label, substitute_pairs
 
 
-def embedder_model(cfg: ExperimentConfig) -> str:
-    return embedder_model_id({"type": cfg.embedder, "model": cfg.embedder_model, "dtype": cfg.embedder_dtype,
-                              "backend": cfg.embedder_backend})
+def embedder_models(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The model ids of the config's embedder (or of each member of its ensemble)."""
+    single = len(cfg.embedders()) == 1
+    return tuple(embedder_model_id({"type": m, "model": cfg.embedder_model if single else None,
+                                    "dtype": cfg.embedder_dtype, "backend": backend})
+                 for m, backend in zip(cfg.embedders(), cfg.embedder_backends(), strict=True))
 
 
 def source_spec(cfg: ExperimentConfig) -> SourceSpec:
     """The cached inputs `cfg` names, with the components' default model ids filled in."""
     rewriter_model = cfg.rewriter_model or REWRITERS.get(cfg.rewriter).default_model_id()
-    return SourceSpec.from_config(cfg, embedder_model(cfg), rewriter_model)
+    lexical = embedder_model_id(cfg.lexical_embedder) if cfg.lexical_weight > 0 else None
+    return SourceSpec.from_config(cfg, embedder_models(cfg), rewriter_model, lexical)
 
 
 def config_pairs(cfg: ExperimentConfig) -> tuple[Pair, ...]:

