@@ -22,21 +22,22 @@ workers are failed and retried, their MLflow runs closed or written again.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import HarnessError, user_message
+
+if TYPE_CHECKING:  # multiprocessing and ctypes are imported where a child is started: every
+    # command's process imports this module (signals_handled), and `--help` stays fast
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 STOP_SECONDS = 5.0  # how long a stopped child may take to exit before it is killed
 _PR_SET_PDEATHSIG = 1
@@ -129,6 +130,8 @@ def _die_with_parent(parent: int) -> None:
     checks once a second. Either way a child never runs on after its command."""
     armed = False
     with contextlib.suppress(Exception):
+        import ctypes  # lazy: only a child process needs it
+
         armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
     if os.getppid() != parent:  # the parent died before the kernel could be told
         os._exit(1)
@@ -168,6 +171,8 @@ class Children:
     exception stops the children that still run."""
 
     def __init__(self) -> None:
+        import multiprocessing  # lazy: 80 ms, only for commands that start children
+
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[tuple[BaseProcess, Connection]] = []
 
