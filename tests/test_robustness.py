@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.core.errors import redact, store_failure, user_message
+from harness.core.errors import redact, shorten, store_failure, user_message
 from harness.core.faults import FAULT_ENV
 from tests.conftest import Workspace
 
@@ -403,6 +403,15 @@ def test_one_redaction_for_every_line() -> None:
     e = RuntimeError("API request to http://bob:PASSWORD@host:5000/api/2.0/mlflow/runs/get failed")
     assert user_message(ValueError(str(e))) == "API request to http://bob:***@host:5000/api/2.0/mlflow/runs/get failed"
     assert redact("postgresql://u:p@h/d?password=x") == "postgresql://u:***@h/d?password=***"
+
+
+def test_a_long_password_is_redacted_before_a_line_is_shortened() -> None:
+    """A cut inside the password would leave a fragment the redaction no longer recognises."""
+    secret = "S3cretTokenValue0123456789abcdef" * 2
+    url = f"http://granalign-tracking-user:{secret}@tracking.example.org:5000"
+    for text in (f"cannot reach {url}/api/2.0/mlflow/runs/get " + "x" * 300, "y" * 120 + url + "z" * 300):
+        for shown in (user_message(ValueError(text)) or "", shorten(text, 100), store_failure(ConnectionRefusedError(text)) or ""):
+            assert not any(secret[i:i + 8] in shown for i in range(len(secret) - 8)), shown
 
 
 @pytest.mark.parametrize(("url", "says"), [("mysql://u@127.0.0.1/db", "is not installed"),

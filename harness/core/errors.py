@@ -60,6 +60,7 @@ def redact(text: str) -> str:
 def shorten(text: str, limit: int = MAX_QUOTE) -> str:
     """`text` cut to about `limit` characters, keeping its start and its end (where a long
     value usually differs from the expected one) and saying how much was left out."""
+    text = redact(text)  # before the cut: a password cut in two would no longer look like one
     if len(text) <= limit:
         return text
     head, tail = (limit * 2) // 3, limit // 3
@@ -146,6 +147,7 @@ def user_message(e: BaseException) -> str | None:
     text = _message(e)
     if text is None:
         return None
+    text = redact(text)
     lines = [x for x in text.splitlines() if x.strip()] or [text]
     first, rest = lines[0], lines[1:]
     out = shorten(first, MAX_LINE) + "".join("\n" + shorten(x, MAX_LINE) for x in rest[:40])

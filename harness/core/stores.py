@@ -203,7 +203,7 @@ def store_call(what: str, url: str, call: Callable[[], T]) -> T:
                 tried = f" after {attempt} attempts in {budget:.0f} s" if attempt > 1 else ""
                 raise StoreError(f"{store_name(url)}: the {what} cannot be used{tried}: {reason}") from None
             pause = min(wait, left)
-            print(redact(f"granalign: the {what} at {url} does not answer ({shorten(reason, 160)}); "
+            print(redact(f"granalign: the {what} at {url}: {shorten(reason, 160)}; "
                          f"retrying in {pause:.0f} s (attempt {attempt + 1}, giving up {left:.0f} s from now; "
                          f"${RETRY_ENV} sets how long)"), file=sys.stderr, flush=True)
             time.sleep(pause)
