@@ -146,6 +146,35 @@ def test_a_cross_validated_sweep_nests_its_folds_and_logs_the_estimate(
     assert metrics["cv/MR-full-mAP_ci_low"] == m["ci_low"]
 
 
+def test_a_rerun_of_a_cross_validated_sweep_keeps_every_folds_runs(
+    tmp_path: Path, demo_cache: Path, mlflow_db_template: Path
+) -> None:
+    """The sweep's own study and its fold searches share one MLflow parent and the same trial
+    numbers: a trial the sweep's study reaped (its worker died) must not close the fold runs
+    of that number, nor make a rerun write them again."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.runner.studies import REAPED_ATTR
+
+    s = settings(tmp_path, demo_cache, mlflow_db_template)
+    first = run_sweep(DEMO_SWEEP, s, n_trials=2, echo=False)
+    main = optuna.load_study(study_name=first["study"], storage=s.storage)
+    main.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))  # trial 2, as if reaped
+    main.set_user_attr(REAPED_ATTR, [2])
+    run_sweep(DEMO_SWEEP, s, n_trials=3, echo=False, cv=2, cv_seed=0)
+    client = MlflowClient(s.tracking_uri)
+    exp = client.get_experiment_by_name(f"sweep-{load_sweep(DEMO_SWEEP).name}")
+
+    def fold_runs() -> list[Any]:
+        return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("cv_fold")]
+
+    before = {(r.data.tags["cv_fold"], r.data.tags["trial"]): r.info.status for r in fold_runs()}
+    assert ("1/2 (seed 0)", "2") in before and set(before.values()) == {"FINISHED"}
+    run_sweep(DEMO_SWEEP, s, n_trials=3, echo=False, cv=2, cv_seed=0)  # a rerun: nothing to do
+    after = [(r.data.tags["cv_fold"], r.data.tags["trial"], r.info.status) for r in fold_runs()]
+    assert sorted(after) == sorted((f, t, st) for (f, t), st in before.items())
+
+
 def _multi_space(tmp_path: Path) -> Path:
     text = DEMO_SWEEP.read_text().replace(
         "objectives:\n  - {metric: MR-full-mAP, direction: maximize}",

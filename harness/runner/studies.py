@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -309,20 +309,23 @@ def run_workers(target: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]) -> 
         return children.wait()
 
 
-def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str) -> int:
+def close_orphan_runs(study: optuna.Study, tracker: Any, parent_id: str,
+                      marks: Mapping[str, str] | None = None) -> int:
     """MLflow child runs that their trial's worker left behind when it died: KILLED.
 
     A RUNNING run whose trial is no longer RUNNING (killed while computing), and a FINISHED
     run whose trial was reaped (killed after the run was written, before the trial was told:
     the row is computed again, and only the new run counts; a trial that failed on its own,
     e.g. a NaN objective, keeps its run). The trial is found by the child's `trial` tag, so
-    a worker killed between opening the child and recording its run id leaves no stray run."""
+    a worker killed between opening the child and recording its run id leaves no stray run.
+    `marks`: the tags (a missing one reads as "") that tell this study's runs from those of
+    other studies under the same parent (a cross-validated sweep's folds)."""
     state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     reaped = set(study.user_attrs.get(REAPED_ATTR, []))
     closed = 0
     for run in tracker.children(parent_id):
         number = run.data.tags.get("trial")
-        if number is None:
+        if number is None or any(run.data.tags.get(k, "") != v for k, v in (marks or {}).items()):
             continue
         trial_state = state.get(int(number))
         if (run.info.status == "RUNNING" and trial_state != TrialState.RUNNING) or (

@@ -208,9 +208,10 @@ def trial_tags(spec: SweepSpec, cfg: ExperimentConfig, number: int, fingerprint:
                fold: Fold | None = None) -> dict[str, Any]:
     """A trial's MLflow tags: the config's own tags (`tags:` of the config, `--set tags=`),
     then the sweep's, which win on a clash."""
-    return {**cfg.tags, "sweep": spec.name, "trial": number, "config_hash": cfg.hash(),
+    own = {k: v for k, v in cfg.tags.items() if k != FOLD_TAG}  # the fold tag tells studies apart
+    return {**own, "sweep": spec.name, "trial": number, "config_hash": cfg.hash(),
             "cache_fingerprint": fingerprint, "swept": ",".join(spec.space),
-            **({"cv_fold": str(fold)} if fold else {})}
+            **({FOLD_TAG: str(fold)} if fold else {})}
 
 
 class SweepWorker(studies.StudyWorker):
@@ -315,6 +316,7 @@ class SweepWorker(studies.StudyWorker):
 
 
 RUN_ATTR = "granalign.sweep_run"
+FOLD_TAG = "cv_fold"  # on the MLflow runs of a cross-validated sweep's fold searches
 METRICS_ATTR = "metrics"
 FINGERPRINT_ATTR = "cache_fingerprint"
 
@@ -361,7 +363,7 @@ def _run_study(spec: SweepSpec, settings: Settings, parent_id: str, tracker: Tra
             study.set_metric_names([m for m, _ in spec.objectives])
     with studies.study_lock(url, name):
         studies.reap_dead_trials(study, studies.retry_callback())
-    studies.close_orphan_runs(study, tracker, parent_id)
+    studies.close_orphan_runs(study, tracker, parent_id, {FOLD_TAG: str(fold) if fold else ""})
     backfill_runs(spec, settings, study, tracker, parent_id, fold=fold)
     if _finished(study) < n_trials:
         writer = RunWriter(settings.tracking_uri)  # MLflow writes on another core
@@ -379,7 +381,7 @@ def _run_study(spec: SweepSpec, settings: Settings, parent_id: str, tracker: Tra
             writer.abort()  # what is queued is written, briefly; a rerun writes the rest
             raise
         writer.close()
-    studies.close_orphan_runs(study, tracker, parent_id)
+    studies.close_orphan_runs(study, tracker, parent_id, {FOLD_TAG: str(fold) if fold else ""})
     backfill_runs(spec, settings, study, tracker, parent_id, mine=True, fold=fold)
     return study
 
@@ -503,7 +505,7 @@ def backfill_runs(spec: SweepSpec, settings: Settings, study: optuna.Study, trac
     (`mine`, after this process's writer closed) this process's own; a reaped trial (its
     worker died) has no run by design, and its retry has its own. The runs written."""
     # a cross-validated sweep's fold searches share the parent: a run is its fold's and trial's
-    have = {(r.data.tags.get("cv_fold", ""), r.data.tags.get("trial")) for r in tracker.children(parent_id)
+    have = {(r.data.tags.get(FOLD_TAG, ""), r.data.tags.get("trial")) for r in tracker.children(parent_id)
             if r.info.status in ("FINISHED", "FAILED")}
     fold_tag = str(fold) if fold else ""
     reaped = set(study.user_attrs.get(studies.REAPED_ATTR, []))
