@@ -272,6 +272,21 @@ def test_a_temp_file_of_a_live_process_is_kept(tmp_path: Path) -> None:
     assert remove_stale_temps(tmp_path, "f.json") == []
 
 
+def test_a_folder_written_file_by_file_is_listed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep writes a per-query file per trial into one folder: listing the folder at
+    every write made n writes cost n^2."""
+    from harness.core import io
+
+    listed: list[str] = []
+    scandir = os.scandir
+    monkeypatch.setattr(io.os, "scandir", lambda p: (listed.append(str(p)), scandir(p))[1])
+    (tmp_path / ".t0.npz.999999999-x.tmp").write_text("left by a killed writer")
+    for i in range(50):
+        io.atomic_write_bytes(tmp_path / f"t{i}.npz", b"x")
+    assert listed == [str(tmp_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"t{i}.npz" for i in range(50))
+
+
 # -- hostile YAML ---------------------------------------------------------------------------------
 def _bomb_config(ws: Workspace, where: str) -> Path:
     """A run config whose `tags` hold nine levels of aliases (which the old loader expanded

@@ -126,37 +126,45 @@ def temp_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}-"
 
 
+_TEMP_OF_A_PROCESS = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]*\.(?:tmp|old)")
+_SCANNED: set[str] = set()  # folders this process has cleaned
+
+
 def remove_stale_temps(folder: Path, name: str) -> list[Path]:
-    """Remove the temp files and folders (`.<name>.<pid>-*.tmp|.old`) that a killed process
-    left beside `folder/name`: those whose process is gone (and nameless older ones, made
-    before temp names carried a process id, after an hour). The paths removed."""
+    """Remove the temp files and folders (`.<name>.<pid>-*.tmp|.old`) that killed processes
+    left in `folder`: those whose process is gone (and nameless older ones of `name`, made
+    before temp names carried a process id, after an hour). Once per folder and process: a
+    folder written file by file (a sweep's per-query results, thousands of files) is listed
+    once, not once per file. The paths removed."""
+    key = os.path.abspath(folder)
+    if key in _SCANNED:
+        return []
+    _SCANNED.add(key)
     removed = []
-    with contextlib.suppress(OSError):
-        for p in folder.glob(f".{glob_escape(name)}.*"):
-            rest = p.name[len(name) + 2:]
-            if not rest.endswith((".tmp", ".old")):
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") or not entry.name.endswith((".tmp", ".old")):
                 continue
-            pid_text, dash, _ = rest.partition("-")
-            if dash and pid_text.isdigit():
-                stale = not pid_alive(int(pid_text))
-            else:
+            m = _TEMP_OF_A_PROCESS.fullmatch(entry.name)
+            if m is not None:
+                stale = not pid_alive(int(m["pid"]))
+            elif entry.name.startswith(f".{name}."):
                 try:
-                    stale = time.time() - p.lstat().st_mtime > STALE_LEGACY_SECONDS
+                    stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_LEGACY_SECONDS
                 except OSError:
                     continue
+            else:
+                continue
             if not stale:
                 continue
-            if p.is_dir() and not p.is_symlink():
+            p = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):
                     p.unlink()
             removed.append(p)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def follow_link(path: Path) -> Path:
