@@ -217,6 +217,30 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, demo_cache: Path, mlflow_
     assert len(runs) == states["COMPLETE"] + states["PRUNED"]
 
 
+@pytest.mark.slow
+def test_a_dead_mlflow_writer_does_not_hang_two_workers(tmp_path: Path, demo_cache: Path,
+                                                        mlflow_db_template: Path) -> None:
+    """The writer killed at its first run while two workers keep sending theirs: the pipe
+    fills, and a worker whose queue waited for its reader at exit would never end. The
+    command ends with one line; a rerun writes every finished trial's run."""
+    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(DEMO_SWEEP), "--demo", *stores(tmp_path, demo_cache),
+           "--n-trials", "150", "--workers", "2"]
+    done = subprocess.run(cmd, cwd=REPO, env=cli_env(**{FAULT_ENV: "mlflow-writer:run@1|kill"}),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "MLflow writer" in done.stderr.strip().splitlines()[-1], done.stderr
+    again = subprocess.run([*cmd[:-4], "--n-trials", "1"], cwd=REPO, env=cli_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    states = trial_states(storage)
+    runs = [r for r in mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "sweep-demo")
+            if r.data.tags.get("granalign.kind") == "trial" and r.info.status == "FINISHED"]
+    assert states["COMPLETE"] + states["PRUNED"] >= 150
+    assert len(runs) == states["COMPLETE"] + states["PRUNED"]
+
+
 # -- Ctrl-C during a table with workers ---------------------------------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_during_a_table_with_workers_is_one_line_and_a_rerun_completes(

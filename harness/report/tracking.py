@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import queue
 import re
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import HarnessError
 from harness.core.faults import fault_point
 from harness.core.io import canonical_json, sha256_hex
 from harness.core.processes import Children
@@ -175,6 +177,10 @@ class Tracker:
         self._queue: queue.Queue[Any] | None = None
         self._errors: list[BaseException] = []
         self._sink = sink  # a RunWriter's queue: finished runs are written by its process
+        if sink is not None and multiprocessing.parent_process() is not None:
+            # a worker process: if the writer dies, what sits in the pipe must not keep the
+            # worker from exiting (its parent would wait forever); a rerun writes lost runs
+            sink.cancel_join_thread()
         if background and sink is None:
             self._queue = queue.Queue()
             threading.Thread(target=self._write, daemon=True, name="mlflow-writer").start()
@@ -433,7 +439,8 @@ class RunWriter:
         finally:
             self._release()
         if self.process.exitcode:
-            raise RuntimeError(f"the MLflow writer process exited with {self.process.exitcode}")
+            raise HarnessError(f"the MLflow writer process ended with exit status {self.process.exitcode} "
+                               "before it wrote every run; a rerun writes the runs of finished trials")
 
     def abort(self, seconds: float = WRITER_DRAIN_SECONDS) -> None:
         """After an interrupt or an error: let the writer write what is queued for at most
