@@ -366,6 +366,26 @@ def test_a_sweep_whose_every_trial_fails_stops_with_one_line(ws: Workspace, demo
     assert trial_states(f"sqlite:///{ws.root}/optuna.db")["FAIL"] == 3
 
 
+def test_failures_of_an_earlier_command_do_not_stop_a_rerun(ws: Workspace, demo_cache: Path) -> None:
+    """A study whose earlier command's trials all failed (its cache since filled) resumes:
+    only the failures of this command count toward the bound, with or without the attribute
+    that names their command."""
+    import optuna
+
+    from harness.config.settings import Settings
+    from harness.config.sweep import load_sweep
+    from harness.runner.sweeps import study_name
+
+    storage = f"sqlite:///{ws.root}/optuna.db"
+    name = study_name(load_sweep(DEMO_SWEEP), Settings(demo=True, cache_dir=str(demo_cache)))
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for attrs in ({"error": "missing: embeddings"}, {"error": "missing: embeddings", "granalign.sweep_run": "old"},
+                  {"error": "missing: embeddings"}, {"error": "missing: embeddings"}):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
+    ws.run("sweep", str(DEMO_SWEEP), "--demo", "--cache", str(demo_cache), "--n-trials", "2", code=0, writes=True)
+    assert trial_states(storage)["COMPLETE"] + trial_states(storage)["PRUNED"] == 2
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_sweep_whose_trials_raise_stops_with_one_line(tmp_path: Path, demo_cache: Path, workers: int,
                                                         mlflow_db_template: Path) -> None:

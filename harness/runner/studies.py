@@ -137,6 +137,8 @@ def _name_the_store(url: str) -> Callable[[Any], None]:
     would wrap it in 'invalid data in the commit' with six chained tracebacks)."""
 
     def hook(context: Any) -> None:
+        if getattr(context, "is_pre_ping", False):  # a stale pooled connection: SQLAlchemy reconnects
+            return
         reason = explain(context.original_exception, url)
         if reason is not None:
             raise StoreError(f"{store_name(url)}: the {STORE} cannot be used: {reason}")

@@ -256,9 +256,11 @@ class SweepWorker(studies.StudyWorker):
             used = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
             if used >= self.n_trials:
                 return None
-            finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-            errors = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs
-                      and t.user_attrs.get(RUN_ATTR, self.run_id) == self.run_id]
+            # this command's trials: a study's earlier failures (a cache since filled) or
+            # successes do not decide whether this command's trials only fail
+            mine = [t for t in trials if t.user_attrs.get(RUN_ATTR) == self.run_id]
+            finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in mine)
+            errors = [t for t in mine if t.state == TrialState.FAIL and "error" in t.user_attrs]
             if (len(errors) >= FAIL_LIMIT and not finished) or len(errors) >= max(FAIL_LIMIT, self.n_trials):
                 first = "the first " if not finished else ""
                 raise SweepStopped(f"sweep {self.spec.name}: stopped after {first}{len(errors)} trials failed "
@@ -376,7 +378,7 @@ def _run_study(spec: SweepSpec, settings: Settings, parent_id: str, tracker: Tra
                     (str(spec.path), settings, parent_id, n_trials, k, writer.queue, fold, run, deadline)
                     for k in range(settings.workers)])
                 if any(codes):
-                    print(f"warning: sweep workers exited with {codes}", flush=True)
+                    print(f"warning: sweep workers exited with {codes}", file=sys.stderr, flush=True)
         except BaseException:
             writer.abort()  # what is queued is written, briefly; a rerun writes the rest
             raise
@@ -524,8 +526,9 @@ def backfill_runs(spec: SweepSpec, settings: Settings, study: optuna.Study, trac
             continue
         cfg = base.replace(**config_values(spec.space, stored_values(spec.space, t.params)),
                            name=f"{spec.name}/trial{t.number}")
-        if pool is not None:
-            cfg = get_or_substitute(pool, cfg, subs)[1]
+        if pool is not None:  # the config the trial ran; one whose inputs are missing failed as it is
+            with contextlib.suppress(MissingInputs):
+                cfg = get_or_substitute(pool, cfg, subs)[1]
         run_id = tracker.child(parent_id, f"trial {t.number}", "trial", cfg.flat_params(),
                                {**trial_tags(spec, cfg, t.number, t.user_attrs.get(FINGERPRINT_ATTR, ""), fold),
                                 "granalign.backfilled": "true"}, defer=True)
