@@ -412,6 +412,19 @@ def test_a_sweep_stops_at_its_time_budget(ws: Workspace, demo_cache: Path) -> No
     assert [p.info.status for p in parent] == ["FINISHED"]
 
 
+def test_a_time_budget_that_ends_in_the_cross_validation_says_so(ws: Workspace, demo_cache: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's own search finishes; the fold searches cannot within the budget: no
+    estimate from cut-short searches, the sweep's result kept, one note, exit 0."""
+    monkeypatch.setenv(FAULT_ENV, "sweep:trial|sleep=1.5")
+    err = ws.run("sweep", str(DEMO_SWEEP), "--demo", "--cache", str(demo_cache), "--n-trials", "3", "--cv", "2",
+                 "--timeout", "12", code=0, writes=True)
+    assert "during the cross-validation" in err and "no estimate" in err, err
+    runs = mlflow_runs(f"sqlite:///{ws.root}/mlflow.db", "sweep-demo")
+    parent = [r for r in runs if r.data.tags.get("granalign.kind") == "parent"]
+    assert [p.info.status for p in parent] == ["FINISHED"] and "cv/MR-full-mAP" not in parent[0].data.metrics
+
+
 def test_sweep_tags_reach_mlflow_and_a_swept_override_is_said(ws: Workspace, demo_cache: Path) -> None:
     """`--set tags={...}` used to appear nowhere in MLflow; `--set lam=...` with `lam` in the
     space was logged on the parent as if applied. Now the tags are on every run, and the

@@ -401,10 +401,11 @@ def chosen_trial(study: optuna.Study, spec: SweepSpec) -> Any | None:
 
 def cross_validate(spec: SweepSpec, settings: Settings, parent_id: str, tracker: Tracker, n_trials: int,
                    k: int, seed: int, best_on_all: Mapping[str, float], run: str = "",
-                   deadline: float | None = None) -> dict[str, Any]:
+                   deadline: float | None = None) -> dict[str, Any] | None:
     """Nested cross-validation of the sweep (`harness.runner.crossval`): a search of
     `n_trials` per fold on the other folds' queries, its winner scored on the held-out fold,
-    the pooled held-out values against the winner on all queries."""
+    the pooled held-out values against the winner on all queries. None when the time budget
+    (`deadline`) ran out before every fold's search finished."""
     base = spec.base_config(sweep_overrides(spec, settings))
     pool = Pools(settings)(base.dataset)
     dataset = pool.dataset(base.dataset, base.limit)
@@ -414,6 +415,8 @@ def cross_validate(spec: SweepSpec, settings: Settings, parent_id: str, tracker:
     for index in range(k):
         fold = Fold(index, k, seed)
         study = _run_study(spec, settings, parent_id, tracker, n_trials, run, deadline, fold)
+        if _finished(study) < n_trials and deadline is not None and time.time() >= deadline:
+            return None  # the time budget ran out: an estimate from short searches would mislead
         t = chosen_trial(study, spec)
         if t is None:
             raise SweepStopped(f"sweep {spec.name}: fold {fold} has no trial its rule can pick")
@@ -469,10 +472,12 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
         tracker.log_text(parent_id, json.dumps(summary, indent=2), "sweep_summary.json")
         if len(spec.objectives) > 1:
             tracker.log_text(parent_id, json.dumps(summary["pareto"], indent=2), "pareto_front.json")
+        result = None
         if cv and summary["best"]:
             best = dict(zip((m for m, _ in spec.objectives), summary["best"][0]["values"], strict=True))
-            summary["cv"] = cross_validate(spec, settings, parent_id, tracker, n_trials, cv, cv_seed, best,
-                                           run, deadline)
+            result = cross_validate(spec, settings, parent_id, tracker, n_trials, cv, cv_seed, best, run, deadline)
+        if result is not None:
+            summary["cv"] = result
             tracker.log_text(parent_id, json.dumps(summary["cv"], indent=2), "cross_validation.json")
             tracker.log_metrics(parent_id, {
                 f"{prefix}{metric_key(m)}{suffix}": v[field]
@@ -488,6 +493,10 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
     timed_out = finished < n_trials and deadline is not None and time.time() >= deadline
     if timed_out:
         summary["stopped"] = f"time budget of {timeout:g} s reached: {finished} of {n_trials} trials finished"
+    elif cv and summary["best"] and "cv" not in summary:
+        summary["stopped"] = (f"time budget of {timeout:g} s reached during the cross-validation "
+                              f"({cv} searches of {n_trials} trials): no estimate")
+    if "stopped" in summary:
         print(f"note: {summary['stopped']}; a rerun continues the study", file=sys.stderr, flush=True)
     tracker.finish(parent_id, "FINISHED" if finished >= n_trials or timed_out else "FAILED")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
