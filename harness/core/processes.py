@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # multiprocessing and ctypes are imported where a child is st
     from multiprocessing.process import BaseProcess
 
 STOP_SECONDS = 5.0  # how long a stopped child may take to exit before it is killed
+REPORT_CHARS = 8000  # a child's one-line error, at most (4 bytes a character: half a 64 KiB pipe)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -159,7 +160,8 @@ def _child_main(target: Callable[..., Any], args: Sequence[Any], report: Connect
         if message is None:
             raise  # a bug: multiprocessing prints its traceback, exit status 1
         with contextlib.suppress(Exception):
-            report.send(message)
+            # under a pipe's buffer: the parent reads reports after joining its children
+            report.send(message[:REPORT_CHARS])
         sys.exit(2)
 
 
@@ -191,18 +193,21 @@ class Children:
         proc = self.ctx.Process(target=_child_main, args=(target, tuple(args), send, os.getpid()),
                                 name=name, daemon=False)
         main = threading.current_thread() is threading.main_thread()
-        if main:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous: Any = None
         try:
+            if main:  # (both calls may run a pending handler: inside `try`, so the mask is undone)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             proc.start()
+            # known before a pending Ctrl-C can be raised below: an interrupt stops it too
+            _LIVE.add(proc)
+            self.procs.append((proc, recv))
         finally:
             if main:
-                signal.signal(signal.SIGINT, previous)
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        send.close()
-        _LIVE.add(proc)
-        self.procs.append((proc, recv))
+            send.close()
         return proc
 
     def join(self, proc: BaseProcess, timeout: float | None = None) -> bool:
