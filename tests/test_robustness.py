@@ -460,6 +460,18 @@ def test_an_unreachable_mlflow_server_is_retried_visibly_then_one_line(
     assert "retrying in" in err  # said, not silent
 
 
+def test_an_mlflow_database_server_that_does_not_answer_is_one_bounded_line(
+        ws: Workspace, demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's SQL store retries its first connection itself, silently, for about 100 s:
+    the harness's own bounded retry decides instead."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://bob:PASSWORD@127.0.0.1:{_closed_port()}/mlflow")
+    monkeypatch.setenv("GRANALIGN_RETRY_SECONDS", "0")
+    t0 = time.monotonic()
+    err = ws.run("table", "3", "--demo", "--cache", str(demo_cache),
+                 names=("postgresql://bob:***@127.0.0.1", "does not answer"), writes=True)
+    assert time.monotonic() - t0 < 40 and "PASSWORD" not in err
+
+
 def test_the_readme_postgresql_url_form_needs_no_other_driver(ws: Workspace, demo_cache: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """`postgresql://user@host/db` (the README's form) uses the driver SQLAlchemy picks for

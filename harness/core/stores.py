@@ -181,6 +181,38 @@ def store_name(url: str) -> str:
     return str(db) if db is not None else redact(url)
 
 
+CONNECT_SECONDS = 10  # how long one connection to a database server may take
+
+
+def connect_args(url: str) -> dict[str, int]:
+    """The driver's connection time limit for a database server URL, where the driver takes
+    one by that name (psycopg 3 and 2, PyMySQL, mysqlclient); an unroutable host then fails
+    in seconds, not after the system's TCP timeout."""
+    scheme, _, driver = url.split(":", 1)[0].lower().partition("+")
+    if (scheme, driver) in {("postgresql", ""), ("postgresql", "psycopg"), ("postgresql", "psycopg2"),
+                            ("mysql", ""), ("mysql", "pymysql"), ("mysql", "mysqldb")}:
+        return {"connect_timeout": CONNECT_SECONDS}
+    return {}
+
+
+def probe_server(what: str, url: str) -> None:
+    """Connect to a database server once, under `store_call`'s bounded and visible retry.
+    MLflow's SQL store retries its first connection itself, silently, for about 100 s
+    (`create_sqlalchemy_engine_with_retry`): probed first, it finds the server answering."""
+    if sqlite_path(url) is not None or url_scheme(url) not in ("postgresql", "mysql", "mssql"):
+        return
+    import sqlalchemy  # lazy: heavy optional (SQLAlchemy), only for a database server
+
+    def connect() -> None:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args(url), poolclass=sqlalchemy.pool.NullPool)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+
+    store_call(what, url, connect)
+
+
 def store_call(what: str, url: str, call: Callable[[], T]) -> T:
     """`call()` on the store `what` at `url`. A server that does not answer is retried with
     backoff, each retry said in one line on stderr, until `retry_seconds()` have passed;

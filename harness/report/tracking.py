@@ -41,6 +41,7 @@ from harness.core.stores import (
     check_store_url,
     file_lock,
     lock_beside,
+    probe_server,
     redact,
     sqlite_path,
     store_call,
@@ -350,6 +351,7 @@ class _Client:
         # is reported here, as one line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self._uri = uri
+        probe_server(STORE, uri)
         self._client = store_call(STORE, uri, lambda: MlflowClient(uri))
 
     def __getattr__(self, name: str) -> Any:

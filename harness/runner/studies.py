@@ -43,6 +43,7 @@ from harness.core.stores import (
     OPTUNA_SCHEMES,
     StoreError,
     check_store_url,
+    connect_args,
     explain,
     file_lock,
     lock_beside,
@@ -110,8 +111,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     kwargs: dict[str, Any] = {}
     if db is not None:
         kwargs["engine_kwargs"] = {"creator": _sqlite_connector(db)}
-    elif url.startswith("postgresql"):  # an unroutable host: fail in seconds, not minutes
-        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}}
+    elif connect_args(url):  # an unroutable host: fail in seconds, not minutes
+        kwargs["engine_kwargs"] = {"connect_args": connect_args(url)}
     with file_lock(lock_beside(db)):
         try:
             storage = store_call(STORE, url, lambda: optuna.storages.RDBStorage(_template(url), **kwargs))
