@@ -493,7 +493,9 @@ def provenance_tags(
     config_hash: str, fingerprint: str, dataset: str, extra: Mapping[str, Any] | None = None
 ) -> dict[str, str]:
     commit = git_commit()
-    tags = {
+    # the provenance is what reproducibility needs: a config's own tags (in `extra`) cannot
+    # replace it
+    return {k: str(v) for k, v in (extra or {}).items()} | {
         "config_hash": config_hash,
         "cache_fingerprint": fingerprint,
         "dataset": dataset,
@@ -502,5 +504,3 @@ def provenance_tags(
         "package_versions": json.dumps(package_versions(), sort_keys=True),
         **source_tags(),
     }
-    tags.update({k: str(v) for k, v in (extra or {}).items()})
-    return tags

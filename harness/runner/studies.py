@@ -85,7 +85,8 @@ def study_lock(url: str, study: str) -> Iterator[None]:
         return
     engine = _ENGINES.get(url)
     if engine is None:
-        engine = _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        engine = _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                                             connect_args=connect_args(url))
     key = int(sha256_hex(f"granalign:{study}")[:15], 16)
     with thread_lock(), engine.connect() as con:
         if url.startswith("postgresql"):
