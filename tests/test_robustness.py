@@ -505,6 +505,30 @@ def test_a_missing_database_driver_is_named(url: str, says: str, ws: Workspace, 
            names=("mysql", says), writes=True)
 
 
+def test_checking_a_database_keeps_this_processs_locks_on_it(tmp_path: Path) -> None:
+    """Checking a store URL while this process holds a WAL connection to it (a sweep checks
+    its storage again for every fold) must not drop that connection's lock: another
+    process's last close would then checkpoint and delete the WAL under it, and the study's
+    database was found damaged after a cross-validated sweep."""
+    from harness.core.stores import check_sqlite_file
+
+    db = tmp_path / "optuna.db"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE t (i)")
+    con.execute("INSERT INTO t VALUES (1)")
+    con.commit()
+    con.execute("SELECT * FROM t").fetchall()
+    check_sqlite_file(db, "Optuna storage")
+    subprocess.run([sys.executable, "-c", f"import sqlite3; c = sqlite3.connect({str(db)!r}); "
+                    "c.execute('SELECT * FROM t').fetchall(); c.close()"], check=True, timeout=60)
+    assert (tmp_path / "optuna.db-wal").exists(), "another process took itself for the last connection"
+    con.close()
+    (tmp_path / "not.db").write_bytes(b"\x1f\x8b" + bytes(200))
+    with pytest.raises(Exception, match="not an SQLite database"):
+        check_sqlite_file(tmp_path / "not.db", "Optuna storage")
+
+
 # -- what a database error means ---------------------------------------------------------------------
 def test_a_full_disk_is_not_called_damage() -> None:
     full = sqlite3.OperationalError("database or disk is full")

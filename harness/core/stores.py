@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -34,7 +36,6 @@ from harness.core.errors import (
 
 T = TypeVar("T")
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
 CACHE_ENV = "GRANALIGN_CACHE"
 DEFAULT_CACHE = Path(".granalign") / "cache"
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -67,14 +68,24 @@ def check_sqlite_file(path: Path, what: str, must_exist: bool = False) -> None:
         if must_exist:
             raise StoreError(f"{path}: no {what} here")
         return
+    if not os.access(path, os.R_OK) or path.is_dir():
+        raise StoreError(f"{path}: cannot read the {what} ({'a folder' if path.is_dir() else 'permission denied'})")
+    # Read through SQLite, never through a file descriptor of our own: closing any descriptor
+    # of a database file drops every POSIX lock this process holds on it, and a process that
+    # has lost the shared lock of its WAL connections lets another process's last close
+    # checkpoint and delete the WAL under it (a study's database damaged). SQLite's own
+    # closes wait while this process holds locks on the file.
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as e:
-        raise StoreError(f"{path}: cannot read the {what} ({e.strerror})") from None
-    if head and head != SQLITE_MAGIC:
-        raise StoreError(f"{path}: not an SQLite database (damaged, or another kind of file); "
-                         f"expected the {what}")
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=60)
+        try:
+            con.execute("PRAGMA schema_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e) or "malformed" in str(e):
+            raise StoreError(f"{path}: not an SQLite database (damaged, or another kind of file); "
+                             f"expected the {what}") from None
+        raise StoreError(f"{path}: cannot read the {what} ({e})") from None
 
 
 def check_store_url(url: str, what: str, schemes: tuple[str, ...], must_exist: bool = False) -> str:
