@@ -786,6 +786,10 @@ AUDIT: Audit
 
 def main() -> int:
     global AUDIT
+    # the cases' commands get Ctrl-C as a terminal's foreground job does (a shell that runs
+    # this in the background ignores SIGINT, and children inherit that through exec)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", default=str(REPO), help="source tree to run (default: this checkout)")
     p.add_argument("--demo-cache", default="/tmp/granalign-audit-demo-cache")

@@ -5,6 +5,7 @@ the rules of an error: one line, no traceback, nothing written)."""
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,11 @@ def ws(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.M
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.setenv("GRANALIGN_OPTUNA_STORAGE", f"sqlite:///{root / 'optuna.db'}")
     return Workspace(root, capsys)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Commands the tests interrupt get Ctrl-C as a terminal's foreground job does: a shell
+    that starts the suite in the background (`cmd &`, CI) ignores SIGINT, and a child
+    inherits an ignored signal through exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
