@@ -85,7 +85,8 @@ def check_sqlite_file(path: Path, what: str, must_exist: bool = False) -> None:
         if "not a database" in str(e) or "malformed" in str(e):
             raise StoreError(f"{path}: not an SQLite database (damaged, or another kind of file); "
                              f"expected the {what}") from None
-        raise StoreError(f"{path}: cannot read the {what} ({e})") from None
+        # anything else (a full disk, a lock, a read-only folder) is the store's to report
+        # when it is opened, with what it means (`explain`)
 
 
 def check_store_url(url: str, what: str, schemes: tuple[str, ...], must_exist: bool = False) -> str:
