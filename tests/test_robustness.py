@@ -347,6 +347,11 @@ def test_alias_bombs_in_sweeps_overrides_and_tables_are_refused(ws: Workspace, d
     assert time.monotonic() - t0 < 30
 
 
+def test_a_config_nested_thousands_deep_names_its_file(ws: Workspace, demo_cache: Path) -> None:
+    cfg = ws.write("deep.yaml", "a: " + "[" * 100000)
+    ws.run("run", str(cfg), "--cache", str(demo_cache), names=("deep.yaml", "nested"))
+
+
 def test_small_aliases_still_load(tmp_path: Path) -> None:
     from harness.core.yaml_io import parse_yaml
 

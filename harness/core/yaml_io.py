@@ -108,6 +108,8 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}{line}: invalid YAML ({shorten(str(e.problem or e))})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: invalid YAML ({shorten(str(e))})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: refused: a value nested thousands of levels deep") from None
 
 
 def load_yaml(path: Path) -> Any:
