@@ -399,13 +399,20 @@ def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, s
 
 
 def _write_runs(uri: str, sink: Any) -> None:
-    """The RunWriter's process: write every run sent until the end marker (None)."""
+    """The RunWriter's process: write every run sent until the end marker (None).
+
+    It runs at a lower priority: a run costs more CPU than a short trial, and with as many
+    workers as cores the writer would take a third of their time; runs queue up while the
+    workers compute and are written on idle cores, or after the last trial (`close`)."""
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICENESS)
     client = mlflow_client(uri)
     while (message := sink.get()) is not None:
         fault_point("mlflow-writer:run")  # tests slow the writer down here (`|sleep=S`)
         _send_run(client, *message)
 
 
+WRITER_NICENESS = 10  # added to the writer process's nice value
 WRITER_DRAIN_SECONDS = 15.0  # after an interrupt: time the writer gets to write what is queued
 
 
