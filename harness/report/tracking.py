@@ -403,10 +403,15 @@ def _write_runs(uri: str, sink: Any) -> None:
 
     It runs at a lower priority: a run costs more CPU than a short trial, and with as many
     workers as cores the writer would take a third of their time; runs queue up while the
-    workers compute and are written on idle cores, or after the last trial (`close`)."""
+    workers compute and are written on idle cores, or after the last trial, when the
+    command's process writes them too (`RunWriter.close`)."""
     with contextlib.suppress(OSError):
         os.nice(WRITER_NICENESS)
-    client = mlflow_client(uri)
+    _write_queued(mlflow_client(uri), sink)
+
+
+def _write_queued(client: Any, sink: Any) -> None:
+    """Write the runs taken from `sink` until an end marker (None)."""
     while (message := sink.get()) is not None:
         fault_point("mlflow-writer:run")  # tests slow the writer down here (`|sleep=S`)
         _send_run(client, *message)
@@ -428,14 +433,19 @@ class RunWriter:
     runs of finished trials it did not reach)."""
 
     def __init__(self, uri: str | None) -> None:
+        self.uri = tracking_uri(uri)
         self.children = Children()
         self.queue = self.children.ctx.Queue()
-        self.process = self.children.start(_write_runs, (tracking_uri(uri), self.queue), name="mlflow-writer")
+        self.process = self.children.start(_write_runs, (self.uri, self.queue), name="mlflow-writer")
 
     def close(self) -> None:
-        """Wait until every queued run is written; an error of the writer is raised here."""
+        """Once the workers are done: write what is still queued, this process and the
+        writer (at its lower priority) both taking runs, and wait for the writer; an error
+        of the writer is raised here."""
+        self.queue.put(None)  # one end marker each: whoever takes one stops taking runs
         self.queue.put(None)
         try:
+            _write_queued(mlflow_client(self.uri), self.queue)
             self.children.wait()
         finally:
             self._release()

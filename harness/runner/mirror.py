@@ -33,41 +33,48 @@ class MirroredStorage(optuna.storages.BaseStorage):
     def __init__(self, backend: optuna.storages.BaseStorage) -> None:
         self.backend = backend
         self._lock = threading.RLock()  # the heartbeat thread writes too
-        self._trials: dict[int, dict[int, FrozenTrial]] = {}  # study id -> trial id -> trial
-        self._study_of: dict[int, int] = {}  # trial id -> study id, for synced studies
+        self._trials: dict[int, dict[int, FrozenTrial]] = {}  # study id -> trial number -> trial
+        self._ids: dict[int, dict[int, int]] = {}  # study id -> trial number -> trial id
+        self._where: dict[int, tuple[int, int]] = {}  # trial id -> (study id, number), synced studies
 
     # -- the copy ------------------------------------------------------------------------------
     def sync(self, study_id: int) -> list[FrozenTrial]:
         """Read the study's trials from the storage (one read); they, in number order."""
         trials = self.backend.get_all_trials(study_id, deepcopy=False)
         with self._lock:
+            ids = self._ids.setdefault(study_id, {})
+            for t in trials:
+                if t.number not in ids:  # a dictionary look-up in Optuna's cache of an RDB storage
+                    ids[t.number] = self.backend.get_trial_id_from_study_id_trial_number(study_id, t.number)
+                    self._where[ids[t.number]] = (study_id, t.number)
             # the copy's trials are replaced, never changed in place: a reader holding one
             # (and the backend's own cache) never sees it change
-            self._trials[study_id] = {t._trial_id: t for t in trials}
-            self._study_of.update({t._trial_id: study_id for t in trials})
+            self._trials[study_id] = {t.number: t for t in trials}
         return trials
 
     def _update(self, trial_id: int, **changes: Any) -> None:
         with self._lock:
-            study_id = self._study_of.get(trial_id)
-            if study_id is None:
+            where = self._where.get(trial_id)
+            if where is None:
                 return
-            trial = copy.copy(self._trials[study_id][trial_id])
+            study_id, number = where
+            trial = copy.copy(self._trials[study_id][number])
             for name, value in changes.items():
                 setattr(trial, name, value)
-            self._trials[study_id][trial_id] = trial
+            self._trials[study_id][number] = trial
 
     def _mirrored(self, trial_id: int) -> FrozenTrial | None:
         with self._lock:
-            study_id = self._study_of.get(trial_id)
-            return None if study_id is None else self._trials[study_id][trial_id]
+            where = self._where.get(trial_id)
+            return None if where is None else self._trials[where[0]].get(where[1])
 
     def _refetch(self, trial_id: int, study_id: int) -> None:
         trial = self.backend.get_trial(trial_id)
         with self._lock:
             if study_id in self._trials:
-                self._trials[study_id][trial_id] = trial
-                self._study_of[trial_id] = study_id
+                self._trials[study_id][trial.number] = trial
+                self._ids[study_id][trial.number] = trial_id
+                self._where[trial_id] = (study_id, trial.number)
 
     # -- trials: reads ---------------------------------------------------------------------------
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
@@ -86,9 +93,9 @@ class MirroredStorage(optuna.storages.BaseStorage):
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         with self._lock:
-            for t in self._trials.get(study_id, {}).values():
-                if t.number == trial_number:
-                    return t._trial_id
+            trial_id = self._ids.get(study_id, {}).get(trial_number)
+        if trial_id is not None:
+            return trial_id
         return self.backend.get_trial_id_from_study_id_trial_number(study_id, trial_number)
 
     # -- trials: writes (the storage first, then the copy) ---------------------------------------
@@ -111,7 +118,7 @@ class MirroredStorage(optuna.storages.BaseStorage):
                                values: Sequence[float] | None = None) -> bool:
         changed = self.backend.set_trial_state_values(trial_id, state, values)
         with self._lock:
-            study_id = self._study_of.get(trial_id)
+            study_id = self._where.get(trial_id, (None, 0))[0]
         if changed and study_id is not None:
             if state == TrialState.RUNNING:  # a WAITING trial taken: its start time is the storage's
                 self._refetch(trial_id, study_id)
@@ -146,6 +153,8 @@ class MirroredStorage(optuna.storages.BaseStorage):
     def delete_study(self, study_id: int) -> None:
         with self._lock:
             self._trials.pop(study_id, None)
+            for trial_id in self._ids.pop(study_id, {}).values():
+                self._where.pop(trial_id, None)
         self.backend.delete_study(study_id)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
