@@ -13,7 +13,9 @@ storage's calls and SQL statements a trial.
 
 `--tree DIR` runs another checkout's harness (e.g. `git archive` of the commit before a
 change) in a subprocess with the same arguments; `--rounds N --tree DIR` alternates this
-tree and that one N times, so both are measured under the same load.
+tree and that one N times, so both are measured under the same load. `--dump FILE` writes
+each trial's state, params, values and intermediate values: with one worker, two trees
+that sample alike write the same file (compare them with `cmp`).
 
     GRANALIGN_DATA=../shared/data python benchmarks/bench_sweep.py --n-trials 200 --workers 2
 """
