@@ -398,27 +398,14 @@ def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, s
     client.set_terminated(run_id, status)
 
 
-def _write_runs(uri: str, sink: Any, hand_over: Any) -> None:
-    """The RunWriter's process: write every run sent until the end marker (None).
-
-    It runs at a lower priority: a run costs more CPU than a short trial, and with as many
-    workers as cores the writer would take a third of their time; runs queue up while the
-    workers compute and are written on idle cores, or after the last trial by the
-    command's process (`RunWriter.close` sets `hand_over`)."""
-    with contextlib.suppress(OSError):
-        os.nice(WRITER_NICENESS)
-    _write_queued(mlflow_client(uri), sink, hand_over)
-
-
-def _write_queued(client: Any, sink: Any, hand_over: Any = None) -> None:
-    """Write the runs taken from `sink` until an end marker (None), or until `hand_over`
-    (an Event) is set."""
-    while (hand_over is None or not hand_over.is_set()) and (message := sink.get()) is not None:
+def _write_runs(uri: str, sink: Any) -> None:
+    """The RunWriter's process: write every run sent until the end marker (None)."""
+    client = mlflow_client(uri)
+    while (message := sink.get()) is not None:
         fault_point("mlflow-writer:run")  # tests slow the writer down here (`|sleep=S`)
         _send_run(client, *message)
 
 
-WRITER_NICENESS = 10  # added to the writer process's nice value
 WRITER_DRAIN_SECONDS = 15.0  # after an interrupt: time the writer gets to write what is queued
 
 
@@ -434,24 +421,15 @@ class RunWriter:
     runs of finished trials it did not reach)."""
 
     def __init__(self, uri: str | None) -> None:
-        self.uri = tracking_uri(uri)
         self.children = Children()
         self.queue = self.children.ctx.Queue()
-        self.hand_over = self.children.ctx.Event()
-        self.process = self.children.start(_write_runs, (self.uri, self.queue, self.hand_over),
-                                           name="mlflow-writer")
+        self.process = self.children.start(_write_runs, (tracking_uri(uri), self.queue), name="mlflow-writer")
 
     def close(self) -> None:
-        """Once the workers are done: the writer finishes the run it is writing and stops,
-        and this process, at the command's priority, writes what is still queued (one
-        writer at a time: a preempted low-priority writer holding SQLite's lock would stall
-        it); an error of the writer is raised here."""
-        self.hand_over.set()
-        self.queue.put(None)  # wakes a writer waiting on an empty queue
+        """Wait until every queued run is written; an error of the writer is raised here."""
+        self.queue.put(None)
         try:
             self.children.wait()
-            self.queue.put(None)  # the end of what this process writes
-            _write_queued(mlflow_client(self.uri), self.queue)
         finally:
             self._release()
         if self.process.exitcode:
