@@ -102,11 +102,19 @@ def test_cli_code_lives_in_harness_cli_only() -> None:
 
 
 def test_no_private_optuna_attribute_is_used() -> None:
+    """Trial states change through `Study.ask` and `Study.tell` only; the one storage
+    wrapper (harness/runner/mirror.py, a `BaseStorage`) passes its own
+    `set_trial_state_values` on to the storage it wraps, and does nothing else private."""
     private = ("_create_new_trial", "_trial_id", "_study_id", "_storage", "_backend",
                "_pop_waiting_trial_id", "set_trial_state_values", "record_heartbeat")
+    passed_on = {("harness/runner/mirror.py", "set_trial_state_values")}
     hits = [f"{path}:{n.lineno} .{n.attr}" for path, tree in _sources().items()
-            for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in private]
+            for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in private
+            and (path, n.attr) not in passed_on]
     assert not hits, hits
+    calls = [f"{path}:{n.lineno}" for path, tree in _sources().items() if path == "harness/runner/mirror.py"
+             for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "set_trial_state_values"]
+    assert len(calls) == 1, calls
 
 
 def test_dataset_names_are_parsed_only_by_the_registry() -> None:

@@ -63,6 +63,7 @@ from harness.report.tracking import (
 )
 from harness.runner import studies
 from harness.runner.crossval import choose, cv_folds, pool_held_out, summarize
+from harness.runner.mirror import MirroredStorage
 from harness.runner.trial import (
     SUBSTITUTIONS_TAG,
     Pools,
@@ -232,8 +233,11 @@ class SweepWorker(studies.StudyWorker):
         self.fold = fold
         # a fold's search sees its training queries only
         self.queries = fold.train(self.dataset) if fold else None
-        self.study = optuna.load_study(study_name=self.name, storage=studies.open_storage(self.url),
+        # the trials are read once a claim, under the lock, and served from memory after it
+        self.storage = MirroredStorage(optuna.storages.get_storage(studies.open_storage(self.url)))
+        self.study = optuna.load_study(study_name=self.name, storage=self.storage,
                                        sampler=_sampler(self.spec, worker), pruner=_pruner(self.spec))
+        self.study_id = self.storage.get_study_id_from_name(self.name)
         self.parent_id = parent_id
         self.tracker = study_tracker("sweep", self.spec.name, settings.tracking_uri, background=True, sink=sink)
         self.n_trials = n_trials
@@ -241,6 +245,8 @@ class SweepWorker(studies.StudyWorker):
         self.deadline = deadline  # time.time() after which no trial is started (--timeout)
         self.retry = studies.retry_callback()
         self.subs = parse_substitutions(settings.substitutions)
+        with contextlib.suppress(MissingInputs):  # read before the first claim (a trial reports what is missing)
+            get_or_substitute(self.pool, self.base, self.subs)
         # highlight metrics cost a third of a trial: computed only when an objective is one
         self.highlights = any(m.startswith("HL-") for m, _ in self.spec.objectives)
 
@@ -250,9 +256,9 @@ class SweepWorker(studies.StudyWorker):
         if self.deadline is not None and time.time() >= self.deadline:
             return None
         with studies.study_lock(self.url, self.name):
-            trials = self.study.get_trials(deepcopy=False)  # one read serves every count below
+            trials = self.storage.sync(self.study_id)  # one read serves every count, ask and the trial
             if studies.reap_dead_trials(self.study, self.retry, trials):
-                trials = self.study.get_trials(deepcopy=False)
+                trials = self.storage.sync(self.study_id)
             used = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
             if used >= self.n_trials:
                 return None
