@@ -13,7 +13,7 @@ Per embedder (`--embedders`, default minilm,mpnet) and backend (`--backends`, de
 2. with `--embed`, the whole split embedded with every backend whose matrices `--cache`
    lacks (the cold cost of a split: seconds and texts/s);
 3. the metrics of experiments/granalign_qvh_minigptv2.yaml, vtg_gpt_qvh.yaml and
-   best_offline_qvh.yaml run with that embedder and backend, and their differences to
+   best_offline_qvh_v1.yaml run with that embedder and backend, and their differences to
    float32 torch's (read from `--ref-cache`, default `--cache`); a backend may be an
    embedder's default only if no difference of R1@0.5, R1@0.7, mAP@0.5 or mAP@avg
    exceeds `TOLERANCE` on any config (the verdict line says which and by how much).
@@ -44,7 +44,7 @@ from harness.data import load_dataset  # noqa: E402
 from harness.eval.protocols import brief  # noqa: E402
 from harness.runner.trial import InputPool, trial  # noqa: E402
 
-CONFIGS = ("granalign_qvh_minigptv2.yaml", "vtg_gpt_qvh.yaml", "best_offline_qvh.yaml")
+CONFIGS = ("granalign_qvh_minigptv2.yaml", "vtg_gpt_qvh.yaml", "best_offline_qvh_v1.yaml")
 METRICS = {"R1@0.5": "MR-full-R1@0.5", "R1@0.7": "MR-full-R1@0.7", "mAP@0.5": "MR-full-mAP@0.5",
            "mAP@avg": "MR-full-mAP"}
 TOLERANCE = 0.1  # points: what a faster backend may move a reference metric and be a default

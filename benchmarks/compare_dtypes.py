@@ -6,7 +6,7 @@ Embeds the texts of the first N val queries (their query, paraphrases, spaCy var
 captions) with all-mpnet-base-v2 in float32 (skipped where the cache already has them; the
 bfloat16 matrices must be there already: `make cache-qvh EMBEDDER=mpnet EMBED_ARGS="--dtype
 bfloat16"`), then prints the cosine between the two precisions' vectors and the metrics of
-one config (default: experiments/best_offline_qvh.yaml) run on those N queries with each.
+one config (default: experiments/best_offline_qvh_v1.yaml) run on those N queries with each.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from harness.runner.trial import InputPool, trial  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="first N val queries")
-    ap.add_argument("--config", default=str(REPO / "experiments" / "best_offline_qvh.yaml"))
+    ap.add_argument("--config", default=str(REPO / "experiments" / "best_offline_qvh_v1.yaml"))
     ap.add_argument("--cache", default=None)
     args = ap.parse_args()
 
