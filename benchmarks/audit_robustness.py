@@ -790,6 +790,8 @@ def main() -> int:
     # this in the background ignores SIGINT, and children inherit that through exec)
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # (nohup): a terminal's hang-up reaches them
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", default=str(REPO), help="source tree to run (default: this checkout)")
     p.add_argument("--demo-cache", default="/tmp/granalign-audit-demo-cache")
