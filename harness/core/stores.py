@@ -74,9 +74,10 @@ def check_sqlite_file(path: Path, what: str, must_exist: bool = False) -> None:
     # of a database file drops every POSIX lock this process holds on it, and a process that
     # has lost the shared lock of its WAL connections lets another process's last close
     # checkpoint and delete the WAL under it (a study's database damaged). SQLite's own
-    # closes wait while this process holds locks on the file.
+    # closes wait while this process holds locks on the file. `immutable`: no lock and no
+    # shared-memory file of its own (nothing created beside the database, even on a full disk).
     try:
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=60)
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro&immutable=1", uri=True, timeout=60)
         try:
             con.execute("PRAGMA schema_version").fetchone()
         finally:
