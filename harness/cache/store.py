@@ -201,31 +201,42 @@ class Cache:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None or getattr(self._local, "pid", None) != os.getpid():
-            if self.empty:  # an in-memory database with the schema and no rows
-                con = sqlite3.connect(":memory:")
-                _create_schema(con)
-            elif self.readonly:
-                # a WAL database read by a user who cannot write its folder cannot make the
-                # `-shm` file that mode=ro needs: read it as immutable (nobody writes it then)
-                flags = "mode=ro"
-                if not os.access(self.root, os.W_OK):
-                    wal = self.db_path.with_name(self.db_path.name + "-wal")
-                    if wal.exists() and wal.stat().st_size > 0:
-                        raise HarnessError(
-                            f"{self.db_path}: this user cannot write the cache folder, and the cache has "
-                            f"unmerged writes ({wal.name}); its owner can merge them by running any "
-                            "granalign cache command (e.g. `granalign cache stats`)")
-                    flags = "immutable=1"
-                con = sqlite3.connect(f"file:{self.db_path}?{flags}", uri=True, timeout=60)
-            else:
-                if not os.access(self.root, os.W_OK) or (self.db_path.exists() and not os.access(self.db_path, os.W_OK)):
-                    raise HarnessError(f"{self.db_path}: the cache is read-only for this user, and this "
-                                       "command writes to it")
-                con = sqlite3.connect(self.db_path, timeout=60)
-                con.execute("PRAGMA journal_mode=WAL")
-                con.execute("PRAGMA synchronous=NORMAL")
+            try:
+                con = self._connect()
+            except sqlite3.Error as e:  # a full disk, a read-only or failing file: named, not a traceback
+                reason = explain(e, f"sqlite:///{self.db_path}")
+                if reason is None:
+                    raise
+                raise StoreError(f"{self.db_path}: the cache cannot be opened: {reason}") from None
             self._local.con = con
             self._local.pid = os.getpid()
+        return con
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection of this thread and process (see `_con`)."""
+        if self.empty:  # an in-memory database with the schema and no rows
+            con = sqlite3.connect(":memory:")
+            _create_schema(con)
+        elif self.readonly:
+            # a WAL database read by a user who cannot write its folder cannot make the
+            # `-shm` file that mode=ro needs: read it as immutable (nobody writes it then)
+            flags = "mode=ro"
+            if not os.access(self.root, os.W_OK):
+                wal = self.db_path.with_name(self.db_path.name + "-wal")
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise HarnessError(
+                        f"{self.db_path}: this user cannot write the cache folder, and the cache has "
+                        f"unmerged writes ({wal.name}); its owner can merge them by running any "
+                        "granalign cache command (e.g. `granalign cache stats`)")
+                flags = "immutable=1"
+            con = sqlite3.connect(f"file:{self.db_path}?{flags}", uri=True, timeout=60)
+        else:
+            if not os.access(self.root, os.W_OK) or (self.db_path.exists() and not os.access(self.db_path, os.W_OK)):
+                raise HarnessError(f"{self.db_path}: the cache is read-only for this user, and this "
+                                   "command writes to it")
+            con = sqlite3.connect(self.db_path, timeout=60)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
         return con
 
     class _Tx:
