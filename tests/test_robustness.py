@@ -602,6 +602,22 @@ def test_a_full_disk_under_the_cache_is_named_not_damaged(small_disk: Path) -> N
     assert str(small_disk / "cache" / "cache.sqlite") in line and "disk is full" in line and "damaged" not in line
 
 
+def test_a_cache_opened_on_a_full_disk_is_named(small_disk: Path) -> None:
+    """The first connection (its WAL and shared-memory files made on a full disk), not only a write."""
+    from harness.cache.store import Cache, Producer
+    from harness.core.errors import StoreError
+
+    producer = Producer("captions_agnostic", "test")
+    cache = Cache(small_disk / "cache")
+    cache.put(producer, {"vid": "v0"}, ["a caption"])
+    cache.close()
+    fill(small_disk)
+    with pytest.raises(StoreError) as e:
+        Cache(small_disk / "cache").put(producer, {"vid": "v1"}, ["another caption"])
+    line = user_message(e.value) or ""
+    assert str(small_disk / "cache" / "cache.sqlite") in line and "disk is full" in line, line
+
+
 def test_a_full_disk_under_out_names_the_run_folder(ws: Workspace, demo_cache: Path, small_disk: Path) -> None:
     fill(small_disk)
     err = ws.run("run", str(DEMO_CONFIG), "--cache", str(demo_cache), "--out", str(small_disk / "r"),
