@@ -243,18 +243,6 @@ class Heartbeat:
         self._thread.join()
 
 
-@contextlib.contextmanager
-def heartbeat(t: optuna.Trial) -> Iterator[None]:
-    """Refresh one trial's heartbeat while the block runs (a worker of many trials keeps one
-    `Heartbeat` instead)."""
-    beat = Heartbeat()
-    try:
-        with beat.running(t):
-            yield
-    finally:
-        beat.stop()
-
-
 def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
     """Optuna's retry of a failed trial (a WAITING copy with `failed_trial` set)."""
     with warnings.catch_warnings():
