@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -393,3 +394,11 @@ def test_every_mutant_of_the_mutation_check_still_applies() -> None:
     stale = [f"{m.id} ({m.path}): found {(REPO / m.path).read_text().count(m.old)} times"
              for m in module.MUTANTS if (REPO / m.path).read_text().count(m.old) != 1]
     assert not stale, stale
+
+
+def test_every_make_command_the_docs_name_is_a_makefile_target() -> None:
+    """`make X` in the README and the docs is a command a reader will type."""
+    targets = set(re.findall(r"^([A-Za-z0-9_-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+    docs = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *REPO.glob("*/README.md")]
+    named = {(p.name, m) for p in docs for m in re.findall(r"\bmake\s+([a-z][a-z0-9-]*)", p.read_text())}
+    assert not {(f, m) for f, m in named if m not in targets}, sorted(named)
