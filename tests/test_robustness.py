@@ -92,6 +92,22 @@ def process_group(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[su
             proc.wait()
 
 
+def rerun_writes_every_run(cmd: list[str], storage: str, uri: str) -> Counter[str]:
+    """Rerun the sweep `cmd` (without `--n-trials`) for at most one more trial: it reaps what
+    an interruption left and writes the MLflow run of every finished trial, once. The trial
+    states after it."""
+    again = subprocess.run([*cmd, "--n-trials", "1"], cwd=REPO, env=cli_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    states = trial_states(storage)
+    assert not states["RUNNING"], states
+    trials = [r for r in mlflow_runs(uri, "sweep-demo") if r.data.tags.get("granalign.kind") == "trial"]
+    by_trial = Counter(r.data.tags["trial"] for r in trials if r.info.status == "FINISHED")
+    assert sum(by_trial.values()) == states["COMPLETE"] + states["PRUNED"], (by_trial, states)
+    assert max(by_trial.values(), default=1) == 1 and not [r for r in trials if r.info.status == "RUNNING"]
+    return states
+
+
 def wait_until(what: str, condition: Any, seconds: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -140,17 +156,8 @@ def test_an_interrupted_sweep_stops_every_process_and_a_rerun_backfills_its_runs
     assert sum(line.startswith("granalign: ") for line in text.splitlines()) == 1, text
     first = trial_states(storage)
     # the rerun reaps what the interrupt left and writes the runs the writer did not reach
-    again = subprocess.run([*cmd[:-4], "--n-trials", "1"], cwd=REPO, env=cli_env(), capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stdout + again.stderr
-    states = trial_states(storage)
-    finished = states["COMPLETE"] + states["PRUNED"]
-    assert finished == first["COMPLETE"] + first["PRUNED"]
-    assert not states["RUNNING"], states
-    trials = [r for r in mlflow_runs(uri, "sweep-demo") if r.data.tags.get("granalign.kind") == "trial"]
-    by_trial = Counter(r.data.tags["trial"] for r in trials if r.info.status == "FINISHED")
-    assert sum(by_trial.values()) == finished and max(by_trial.values()) == 1, (by_trial, states)
-    assert not [r for r in trials if r.info.status == "RUNNING"]
+    states = rerun_writes_every_run(cmd[:-4], storage, uri)
+    assert states["COMPLETE"] + states["PRUNED"] == first["COMPLETE"] + first["PRUNED"]
 
 
 def test_a_backfilled_run_is_the_run_the_trial_would_have_written(
@@ -208,13 +215,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, demo_cache: Path, mlflow_
         assert time.monotonic() - t0 < 3, log.read_text()
         assert group_gone(proc.pid), log.read_text()
     assert code == 130 and "Traceback" not in log.read_text(), log.read_text()
-    again = subprocess.run([*cmd[:-2], "--n-trials", "1"], cwd=REPO, env=cli_env(), capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    states = trial_states(storage)
-    runs = [r for r in mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "sweep-demo")
-            if r.data.tags.get("granalign.kind") == "trial" and r.info.status == "FINISHED"]
-    assert len(runs) == states["COMPLETE"] + states["PRUNED"]
+    rerun_writes_every_run(cmd[:-2], storage, f"sqlite:///{tmp_path}/mlflow.db")
 
 
 @pytest.mark.slow
@@ -231,14 +232,8 @@ def test_a_dead_mlflow_writer_does_not_hang_two_workers(tmp_path: Path, demo_cac
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "MLflow writer" in done.stderr.strip().splitlines()[-1], done.stderr
-    again = subprocess.run([*cmd[:-4], "--n-trials", "1"], cwd=REPO, env=cli_env(), capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    states = trial_states(storage)
-    runs = [r for r in mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "sweep-demo")
-            if r.data.tags.get("granalign.kind") == "trial" and r.info.status == "FINISHED"]
+    states = rerun_writes_every_run(cmd[:-4], storage, f"sqlite:///{tmp_path}/mlflow.db")
     assert states["COMPLETE"] + states["PRUNED"] >= 150
-    assert len(runs) == states["COMPLETE"] + states["PRUNED"]
 
 
 # -- Ctrl-C during a table with workers ---------------------------------------------------------------
@@ -285,7 +280,7 @@ def test_the_temp_folder_of_a_killed_run_is_removed_by_the_next(tmp_path: Path, 
 
 
 def test_a_temp_file_of_a_live_process_is_kept(tmp_path: Path) -> None:
-    from harness.core.io import atomic_write_text, remove_stale_temps
+    from harness.core.io import atomic_write_text
 
     mine = tmp_path / f".f.json.{os.getpid()}-abc.tmp"
     mine.write_text("in use")
@@ -293,7 +288,6 @@ def test_a_temp_file_of_a_live_process_is_kept(tmp_path: Path) -> None:
     dead.write_text("left by a killed writer")
     atomic_write_text(tmp_path / "f.json", "{}")
     assert mine.exists() and not dead.exists()
-    assert remove_stale_temps(tmp_path, "f.json") == []
 
 
 def test_a_folder_written_file_by_file_is_listed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

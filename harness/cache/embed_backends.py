@@ -37,7 +37,6 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ import numpy as np
 
 from harness.cache.model_assets import build_folder_once, models_dir
 from harness.core.errors import HarnessError
+from harness.core.provenance import installed_versions
 from harness.data import demo
 
 TORCH = "torch"
@@ -124,16 +124,6 @@ def calibration_texts() -> tuple[str, ...]:
 
 
 # -- export ---------------------------------------------------------------------------------
-def _versions(*dists: str) -> dict[str, str]:
-    out = {}
-    for d in dists:
-        try:
-            out[d] = metadata.version(d)
-        except metadata.PackageNotFoundError:
-            out[d] = "not installed"
-    return out
-
-
 def ensure_export(backend: str, base_model_id: str, load_st: Callable[[], Any]) -> Path:
     """The exported model folder, made on first use (atomically) and reused afterwards.
 
@@ -213,7 +203,7 @@ def _export(backend: str, base_model_id: str, st: Any, out: Path) -> None:
     meta = {"model": base_model_id, "backend": backend, "max_seq_length": max_len,
             "pad_token_id": int(tok.pad_token_id or 0), "inputs": inputs, "files": files,
             "dimension": int(st.encode(["x"]).shape[1]), "opset": OPSET,
-            "exported_with": _versions(*dists)}
+            "exported_with": installed_versions(*dists)}
     (out / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 

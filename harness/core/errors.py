@@ -143,17 +143,16 @@ def user_message(e: BaseException) -> str | None:
     cause (bad files, full or read-only disks, damaged databases, unreachable servers);
     None for a bug, which keeps its traceback. Errors that know their file say so themselves
     (HarnessError); an OSError names its path and the system's reason. Every line is
-    redacted and shortened here, whoever built it."""
+    shortened here, whoever built it, and so redacted (`shorten`)."""
     text = _message(e)
     if text is None:
         return None
-    text = redact(text)
     lines = [x for x in text.splitlines() if x.strip()] or [text]
     first, rest = lines[0], lines[1:]
     out = shorten(first, MAX_LINE) + "".join("\n" + shorten(x, MAX_LINE) for x in rest[:40])
     if len(rest) > 40:
         out += f"\n  ... ({len(rest) - 40} more lines)"
-    return redact(out)
+    return out
 
 
 def _message(e: BaseException) -> str | None:

@@ -33,12 +33,17 @@ def git_commit(cwd: str | None = None) -> str:
         return "unknown"
 
 
-@cache
-def package_versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in PACKAGES:
+def installed_versions(*dists: str) -> dict[str, str]:
+    """Each distribution's installed version, or "not installed"."""
+    out = {}
+    for name in dists:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+@cache
+def package_versions() -> dict[str, str]:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), **installed_versions(*PACKAGES)}

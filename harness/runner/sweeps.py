@@ -453,7 +453,8 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
     t0 = time.perf_counter()
     deadline = time.time() + timeout if timeout is not None else None
     spec = load_sweep(space)
-    for item in not_applied(spec, settings):
+    dropped = not_applied(spec, settings)
+    for item in dropped:
         print(f"note: not applied: {item} (the sweep's space sets {item.split('=', 1)[0]} on every trial)",
               file=sys.stderr, flush=True)
     check_inputs(spec, settings)
@@ -466,7 +467,7 @@ def run_sweep(space: str | Path, settings: Settings, n_trials: int, echo: bool =
         base.hash(), "", base.dataset,
         {**base.tags, "sweep": spec.name, "space": str(spec.path), "n_trials": n_trials,
          "swept": ",".join(spec.space), "seed": spec.sampler.get("seed", ""),
-         **({"not_applied": ", ".join(not_applied(spec, settings))} if not_applied(spec, settings) else {}),
+         **({"not_applied": ", ".join(dropped)} if dropped else {}),
          "objectives": ",".join(m for m, _ in spec.objectives), "select": spec.selection().describe(),
          **({SUBSTITUTIONS_TAG: ", ".join(settings.substitutions)} if settings.substitutions else {})}))
     tracker.log_params(parent_id, base.flat_params())  # the base config: what trials change is on them
