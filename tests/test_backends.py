@@ -571,3 +571,11 @@ def test_flash_attention_only_for_classes_that_have_it(monkeypatch: pytest.Monke
     assert hf_load_kwargs("cpu", bf16, LlamaForCausalLM) == {"dtype": bf16, "device_map": "cpu"}
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
     assert "attn_implementation" not in hf_load_kwargs("cuda:0", bf16, LlamaForCausalLM)
+
+
+def test_a_build_rewrites_with_one_instruction_pair_unless_told() -> None:
+    """Only Table 13 needs pairs 2-5: a default build does not spend GPU-hours on them."""
+    from harness.cli import build_parser
+
+    argv = ["cache", "build", "--dataset", "demo:val"]
+    assert build_parser(argv).parse_args(argv).pairs == "1"
