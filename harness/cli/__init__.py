@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -102,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     stdout = sys.stdout
     sys.stdout = _NamedStdout(stdout)  # type: ignore[assignment]
+    # a Ctrl-C that lands in SQLAlchemy's connection reset is logged there, traceback and
+    # all, before it is re-raised and reported below as the one line
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     with signals_handled():
         try:
             _check_working_folder()
