@@ -365,6 +365,33 @@ def qvh_ground_truth(gt: Sequence[Query]) -> QVHGroundTruth:
     return QVHGroundTruth(tuple(gt), windows, splits, labels, n_clips)
 
 
+def split_rows(g: QVHGroundTruth, pred: Windows, ap: np.ndarray, iou: np.ndarray
+               ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per length split: (queries kept, their (Q, T) AP, their first-window IoU) against the
+    split's GT windows. A query whose GT windows all fall in the split scores as in `full`
+    (`ap`, `iou`: its row is reused); the others, of every split, are scored in one
+    `grouped_mr` call (one call per split would pay its fixed cost three times a trial)."""
+    n_gt = g.windows.valid.sum(axis=1)
+    out, parts = {}, []
+    for name, (keep, sub_gt) in g.splits.items():
+        part = sub_gt.valid.sum(axis=1) != n_gt[keep]
+        out[name] = (keep, ap[keep], iou[keep])
+        if part.any():
+            parts.append((name, part, np.flatnonzero(keep)[part], sub_gt[part]))
+    if parts:
+        width = max(sub.valid.shape[1] for *_, sub in parts)
+        gt = Windows(*(np.concatenate([np.pad(getattr(sub, f), [(0, 0), (0, width - sub.valid.shape[1])]
+                                              + [(0, 0)] * (getattr(sub, f).ndim - 2)) for *_, sub in parts])
+                       for f in ("se", "valid", "score")))
+        part_ap, part_iou = grouped_mr(pred[np.concatenate([rows for _, _, rows, _ in parts])], gt)
+        start = 0
+        for name, part, rows, _ in parts:
+            _, split_ap, split_iou = out[name]
+            split_ap[part], split_iou[part] = part_ap[start:start + rows.size], part_iou[start:start + rows.size]
+            start += rows.size
+    return out
+
+
 def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | None,
                        lengths: np.ndarray | None, highlights: bool = True,
                        per_query: PerQuery | None = None) -> dict[str, Any]:
@@ -379,7 +406,6 @@ def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | 
     has_pred = pred.valid.any(axis=1)
     full = result["full"] = _mr_summary(ap, has_pred, iou)
     full.pop("iou")
-    n_gt = g.windows.valid.sum(axis=1)
     every = np.ones(len(iou), dtype=bool)
     if per_query is not None:
         for t in ("0.3", "0.5", "0.7"):
@@ -388,13 +414,7 @@ def score_qvhighlights(g: QVHGroundTruth, pred: Windows, saliency: np.ndarray | 
         per_query["MR-full-mAP"] = (ap.mean(axis=1), has_pred)
         per_query["MR-full-mAP@0.5"] = (ap[:, IOU_THRESHOLDS.index(0.5)], has_pred)
         per_query["MR-full-mAP@0.75"] = (ap[:, IOU_THRESHOLDS.index(0.75)], has_pred)
-    for name, (keep, sub_gt) in g.splits.items():
-        # a query whose GT windows all fall in this split scores as in `full`: reuse its row
-        whole = sub_gt.valid.sum(axis=1) == n_gt[keep]
-        split_ap, split_iou = ap[keep], iou[keep]
-        part = ~whole
-        if part.any():
-            split_ap[part], split_iou[part] = grouped_mr(pred[np.flatnonzero(keep)[part]], sub_gt[part])
+    for name, (keep, split_ap, split_iou) in split_rows(g, pred, ap, iou).items():
         split = _mr_summary(split_ap, has_pred[keep], split_iou)
         split.pop("iou")
         result[name] = split
