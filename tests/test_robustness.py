@@ -373,12 +373,13 @@ def test_failures_of_an_earlier_command_do_not_stop_a_rerun(ws: Workspace, demo_
 
     from harness.config.settings import Settings
     from harness.config.sweep import load_sweep
+    from harness.runner.studies import WORKER_ATTR
     from harness.runner.sweeps import study_name
 
     storage = f"sqlite:///{ws.root}/optuna.db"
     name = study_name(load_sweep(DEMO_SWEEP), Settings(demo=True, cache_dir=str(demo_cache)))
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    for attrs in ({"error": "missing: embeddings"}, {"error": "missing: embeddings", "granalign.sweep_run": "old"},
+    for attrs in ({"error": "missing: embeddings"}, {"error": "missing: embeddings", WORKER_ATTR: {"sweep_run": "old", "trial": 1}},
                   {"error": "missing: embeddings"}, {"error": "missing: embeddings"}):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
     ws.run("sweep", str(DEMO_SWEEP), "--demo", "--cache", str(demo_cache), "--n-trials", "2", code=0, writes=True)

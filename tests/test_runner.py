@@ -689,3 +689,27 @@ def test_a_sweep_with_a_substitution_runs_and_its_best_config_says_so(
                  "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["brief"]["MR-full-mAP"] == pytest.approx(best_value, abs=1e-9), done
+
+
+def test_a_heartbeat_keeps_what_the_claim_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim's attribute (e.g. the sweep command that ran the trial, which the failure
+    bound counts by) survives the heartbeats: a beat renews the time only."""
+    import time
+
+    import optuna
+
+    from harness.runner import studies
+
+    monkeypatch.setattr(studies, "HEARTBEAT_INTERVAL", 0.05)
+    study = optuna.create_study()
+    t = study.ask()
+    studies.claim(t, sweep_run="this-command")
+    first = t.user_attrs[WORKER_ATTR]["beat"]
+    beat = studies.Heartbeat()
+    try:
+        with beat.running(t):
+            time.sleep(0.5)
+    finally:
+        beat.stop()
+    w = studies.worker_of(study.trials[0])
+    assert w["sweep_run"] == "this-command" and w["beat"] > first

@@ -184,11 +184,12 @@ def worker_gone(t: FrozenTrial, now: float | None = None) -> str:
     return ""
 
 
-def claim(t: optuna.Trial) -> None:
+def claim(t: optuna.Trial, **extra: Any) -> None:
     """Mark a freshly asked trial as this process's (call under the study lock); `owner`
     is the command's process (the worker's parent, or the worker itself): a finished trial
-    whose owner is gone can have its MLflow run written again."""
-    t.set_user_attr(WORKER_ATTR, {**_worker_info(t), "beat": time.time()})
+    whose owner is gone can have its MLflow run written again. `extra` joins the attribute
+    (one storage write a trial, not two; the heartbeats keep it)."""
+    t.set_user_attr(WORKER_ATTR, {**_worker_info(t), **extra, "beat": time.time()})
 
 
 def _worker_info(t: optuna.Trial) -> dict[str, Any]:
@@ -213,6 +214,7 @@ class Heartbeat:
 
     def __init__(self) -> None:
         self._trial: optuna.Trial | None = None
+        self._claimed: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
@@ -225,13 +227,14 @@ class Heartbeat:
                 if t is None:
                     continue
                 with contextlib.suppress(Exception):  # a missed beat is retried; never kill the trial
-                    t.set_user_attr(WORKER_ATTR, {**_worker_info(t), "beat": time.time()})
+                    t.set_user_attr(WORKER_ATTR, {**self._claimed, "beat": time.time()})
 
     @contextlib.contextmanager
     def running(self, t: optuna.Trial) -> Iterator[None]:
-        """Beat for `t` while the block runs."""
+        """Beat for `t` while the block runs (its claim's attribute, with a new beat)."""
         with self._lock:
             self._trial = t
+            self._claimed = {**_worker_info(t), **(t.user_attrs.get(WORKER_ATTR) or {})}
         try:
             yield
         finally:

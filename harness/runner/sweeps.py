@@ -264,7 +264,7 @@ class SweepWorker(studies.StudyWorker):
                 return None
             # this command's trials: a study's earlier failures (a cache since filled) or
             # successes do not decide whether this command's trials only fail
-            mine = [t for t in trials if t.user_attrs.get(RUN_ATTR) == self.run_id]
+            mine = [t for t in trials if studies.worker_of(t).get(RUN_KEY) == self.run_id]
             finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in mine)
             errors = [t for t in mine if t.state == TrialState.FAIL and "error" in t.user_attrs]
             if (len(errors) >= FAIL_LIMIT and not finished) or len(errors) >= max(FAIL_LIMIT, self.n_trials):
@@ -272,8 +272,7 @@ class SweepWorker(studies.StudyWorker):
                 raise SweepStopped(f"sweep {self.spec.name}: stopped after {first}{len(errors)} trials failed "
                                    f"({finished} finished); the last failed with: {errors[-1].user_attrs['error']}")
             t = self.study.ask()
-            studies.claim(t)
-            t.set_user_attr(RUN_ATTR, self.run_id)
+            studies.claim(t, **{RUN_KEY: self.run_id})
             return t, None
 
     def compute(self, t: optuna.Trial, what: None) -> None:
@@ -323,7 +322,7 @@ class SweepWorker(studies.StudyWorker):
         self.study.tell(t, values[0] if len(values) == 1 else values)
 
 
-RUN_ATTR = "granalign.sweep_run"
+RUN_KEY = "sweep_run"  # in a trial's worker attribute: the sweep command that ran it
 FOLD_TAG = "cv_fold"  # on the MLflow runs of a cross-validated sweep's fold searches
 METRICS_ATTR = "metrics"
 FINGERPRINT_ATTR = "cache_fingerprint"
