@@ -12,6 +12,7 @@ and `evaluator_key` reads it back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -392,10 +393,12 @@ def _log_buffered(client: Any, run_id: str, pending: _Pending) -> None:
 
 
 def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, status: str) -> None:
-    """Create a deferred run, log what it buffered in batches, end it."""
+    """Create a deferred run, log what it buffered in batches, end it. A deferred run is
+    created with every tag it buffered (one write fewer a run than a tag batch after)."""
     if pending.create is not None:
         name, tags = pending.create
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        run_id = client.create_run(experiment_id, run_name=name, tags={**tags, **pending.tags}).info.run_id
+        pending = dataclasses.replace(pending, tags={})
     _log_buffered(client, run_id, pending)
     if pending.inputs:
         from mlflow.entities import Dataset, DatasetInput, InputTag  # lazy: heavy optional (mlflow)
