@@ -79,11 +79,15 @@ ablations: cache-qvh
 sweep: cache-qvh
 	$(GRANALIGN) sweep $(SPACE) --n-trials $(N_TRIALS) --workers $(WORKERS)
 
-# The QVHighlights test-server files of the best offline config (mpnet): prepares the test
-# split, then writes runs/best_test/hl_test_submission.jsonl
+# The QVHighlights server's submission of the best offline config (mpnet): its Codalab
+# takes a zip of both splits' files. Prepares val and test, runs the config on each and
+# writes runs/submission_qvh.zip (hl_val_submission.jsonl, hl_test_submission.jsonl)
 submission-qvh:
-	$(MAKE) cache-qvh SPLIT=test EMBEDDER=mpnet
+	$(MAKE) cache-qvh SPLIT="val test" EMBEDDER=mpnet
+	$(GRANALIGN) run experiments/best_offline_qvh.yaml --out runs/best_val
 	$(GRANALIGN) run experiments/best_offline_qvh.yaml --set dataset=qvhighlights:test --out runs/best_test
+	$(BIN)/python -m zipfile -c runs/submission_qvh.zip \
+	  runs/best_val/hl_val_submission.jsonl runs/best_test/hl_test_submission.jsonl
 
 # MLflow 3 opens on its GenAI view; the link below (or the "Model training" switch) shows runs
 mlflow-ui: $(STAMP)
