@@ -12,10 +12,10 @@ The lock is a file lock beside a SQLite database, a PostgreSQL advisory lock, a 
 lock, or (another RDB) a lock within the process only.
 
 A worker records a heartbeat in its running trial's user attributes (`granalign.worker`:
-host, pid, trial number, last beat). A running trial whose worker process is gone (same
-host) or whose heartbeat is older than `GRACE_PERIOD` (any host) is failed with
-`Study.tell`; a sweep then enqueues its retry with Optuna's
-`RetryHeartbeatStaleTrialCallback`, so no trial is lost.
+host, pid, trial number, the command's process, last beat, and what the claim added, such
+as the sweep command). A running trial whose worker process is gone (same host) or whose
+heartbeat is older than `GRACE_PERIOD` (any host) is failed with `Study.tell`; a sweep then
+enqueues its retry with Optuna's `RetryHeartbeatStaleTrialCallback`, so no trial is lost.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class Heartbeat:
         """Beat for `t` while the block runs (its claim's attribute, with a new beat)."""
         with self._lock:
             self._trial = t
-            self._claimed = {**_worker_info(t), **(t.user_attrs.get(WORKER_ATTR) or {})}
+            self._claimed = {**worker_of(t), **_worker_info(t)}  # its own claim's extras, this worker's identity
         try:
             yield
         finally:
