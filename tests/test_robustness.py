@@ -236,6 +236,25 @@ def test_a_dead_mlflow_writer_does_not_hang_two_workers(tmp_path: Path, demo_cac
     assert states["COMPLETE"] + states["PRUNED"] >= 150
 
 
+@pytest.mark.slow
+def test_workers_that_end_ahead_of_a_slow_writer_hand_it_every_run(tmp_path: Path, demo_cache: Path,
+                                                                   mlflow_db_template: Path) -> None:
+    """Two workers finish their trials while the MLflow writer is still far behind: each
+    worker hands over every run it queued before it exits (a worker that exited with its
+    queue's feeder mid-message left the writer waiting forever on half a run, or the pipe's
+    lock held). The sweep ends, and every run is the writer's own, none backfilled."""
+    shutil.copy(mlflow_db_template, tmp_path / "mlflow.db")
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(DEMO_SWEEP), "--demo", *stores(tmp_path, demo_cache),
+           "--n-trials", "60", "--workers", "2"]
+    done = subprocess.run(cmd, cwd=REPO, env=cli_env(**{FAULT_ENV: "mlflow-writer:run|sleep=0.15"}),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    runs = [r for r in mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "sweep-demo")
+            if r.data.tags.get("granalign.kind") == "trial"]
+    assert len(runs) >= 60 and all(r.info.status == "FINISHED" for r in runs)
+    assert not [r for r in runs if r.data.tags.get("granalign.backfilled")]
+
+
 # -- Ctrl-C during a table with workers ---------------------------------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_during_a_table_with_workers_is_one_line_and_a_rerun_completes(

@@ -34,7 +34,7 @@ from typing import Any
 from harness.core.errors import HarnessError
 from harness.core.faults import fault_point
 from harness.core.io import canonical_json, sha256_hex
-from harness.core.processes import Children
+from harness.core.processes import Children, pid_alive
 from harness.core.provenance import git_commit, package_versions
 from harness.core.stores import (
     MLFLOW_SCHEMES,
@@ -178,11 +178,7 @@ class Tracker:
         self._studies: dict[str, str] = {}  # parent run id -> its study tag
         self._queue: queue.Queue[Any] | None = None
         self._errors: list[BaseException] = []
-        self._sink = sink  # a RunWriter's queue: finished runs are written by its process
-        if sink is not None and multiprocessing.parent_process() is not None:
-            # a worker process: if the writer dies, what sits in the pipe must not keep the
-            # worker from exiting (its parent would wait forever); a rerun writes lost runs
-            sink.cancel_join_thread()
+        self._sink: RunSink | None = sink  # a RunWriter's: finished runs are written by its process
         if background and sink is None:
             self._queue = queue.Queue()
             threading.Thread(target=self._write, daemon=True, name="mlflow-writer").start()
@@ -284,7 +280,7 @@ class Tracker:
         """Send what the run buffered (one batch) and end it with `status`."""
         pending = self._pending.pop(run_id, _Pending())
         if self._sink is not None:
-            self._sink.put((self.experiment_id, run_id, pending, status))
+            self._sink.queue.put((self.experiment_id, run_id, pending, status))
         elif self._queue is None:
             self._send(run_id, pending, status)
         else:
@@ -305,9 +301,12 @@ class Tracker:
                 self._queue.task_done()
 
     def drain(self) -> None:
-        """Wait until every finished run has been written (background mode)."""
+        """Wait until every finished run has been written (background mode), or, in a worker
+        process that sends them to a RunWriter, handed to it whole."""
         if self._queue is not None:
             self._queue.join()
+        if self._sink is not None and multiprocessing.parent_process() is not None:
+            self._sink.flush()
         errors, self._errors = self._errors, []  # raised once: the next row starts clean
         if errors:
             raise errors[0]
@@ -409,6 +408,32 @@ def _send_run(client: Any, experiment_id: str, run_id: str, pending: _Pending, s
     client.set_terminated(run_id, status)
 
 
+@dataclass(frozen=True)
+class RunSink:
+    """Where a sweep worker process sends its finished runs: the RunWriter's queue, and the
+    writer's pid (a worker that ends waits for its runs to reach the writer while it lives)."""
+
+    queue: Any
+    writer_pid: int
+
+    def flush(self) -> None:
+        """A worker's last act: every run it queued goes into the pipe whole before it exits.
+
+        A queue's feeder thread writes the runs while the worker computes; a worker that
+        exited while its feeder was in the middle of a run left half a message in the pipe
+        (the writer then waits forever for the rest) or the pipe's lock held. The wait ends
+        when the feeder is done, or when the writer is gone (nothing reads the pipe then:
+        the runs are lost, and a rerun writes them)."""
+        self.queue.close()
+        flushing = threading.Thread(target=self.queue.join_thread, daemon=True, name="run-sink-flush")
+        flushing.start()
+        while flushing.is_alive():
+            flushing.join(0.5)
+            if flushing.is_alive() and not pid_alive(self.writer_pid):
+                self.queue.cancel_join_thread()
+                return
+
+
 def _write_runs(uri: str, sink: Any) -> None:
     """The RunWriter's process: write every run sent until the end marker (None)."""
     client = mlflow_client(uri)
@@ -425,8 +450,9 @@ class RunWriter:
 
     Writing a run to MLflow's SQLite store costs about 30 ms of Python; on the workers' own
     thread that is more than a trial. The writer runs on another core; workers hand it each
-    finished run through a queue (`Tracker(sink=writer.queue)`); `close` waits until all
-    are written. Runs a worker sent before it died are written too. It is a child of the
+    finished run through a queue (`Tracker(sink=writer.sink)`); `close` waits until all
+    are written. Runs a worker sent before it died are written too; a worker that ends
+    first hands over what it queued (`RunSink.flush`). It is a child of the
     command (`harness.core.processes`): Ctrl-C does not reach it; after an interrupt it gets
     `WRITER_DRAIN_SECONDS` to write what is queued and is then stopped (a rerun writes the
     runs of finished trials it did not reach)."""
@@ -435,6 +461,8 @@ class RunWriter:
         self.children = Children()
         self.queue = self.children.ctx.Queue()
         self.process = self.children.start(_write_runs, (tracking_uri(uri), self.queue), name="mlflow-writer")
+        assert self.process.pid is not None
+        self.sink = RunSink(self.queue, self.process.pid)  # what workers are given
 
     def close(self) -> None:
         """Wait until every queued run is written; an error of the writer is raised here."""

@@ -376,11 +376,11 @@ def _run_study(spec: SweepSpec, settings: Settings, parent_id: str, tracker: Tra
         writer = RunWriter(settings.tracking_uri)  # MLflow writes on another core
         try:
             if settings.workers <= 1:
-                SweepWorker(spec.path, settings, parent_id, n_trials, sink=writer.queue, fold=fold, run=run,
+                SweepWorker(spec.path, settings, parent_id, n_trials, sink=writer.sink, fold=fold, run=run,
                             deadline=deadline).run()
             else:
                 codes = studies.run_workers(_sweep_worker_main, [
-                    (str(spec.path), settings, parent_id, n_trials, k, writer.queue, fold, run, deadline)
+                    (str(spec.path), settings, parent_id, n_trials, k, writer.sink, fold, run, deadline)
                     for k in range(settings.workers)])
                 if any(codes):
                     print(f"warning: sweep workers exited with {codes}", file=sys.stderr, flush=True)
