@@ -713,3 +713,19 @@ def test_a_heartbeat_keeps_what_the_claim_recorded(monkeypatch: pytest.MonkeyPat
         beat.stop()
     w = studies.worker_of(study.trials[0])
     assert w["sweep_run"] == "this-command" and w["beat"] > first
+
+
+def test_a_trial_asked_but_never_claimed_is_reaped() -> None:
+    """A worker killed between `ask` and its claim (both under the study's lock) leaves a
+    RUNNING trial that names no worker: the next reap, under the lock, fails it."""
+    import optuna
+
+    from harness.runner import studies
+
+    study = optuna.create_study()
+    study.ask()  # never claimed
+    claimed = study.ask()
+    studies.claim(claimed)
+    failed = studies.reap_dead_trials(study)
+    assert [t.number for t in failed] == [0]
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]

@@ -264,7 +264,9 @@ def reap_dead_trials(study: optuna.Study, retry: Callable[..., None] | None = No
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trials is None else [
         t for t in trials if t.state == TrialState.RUNNING]
     for t in running:
-        why = worker_gone(t, now)
+        # under the lock a trial is asked and claimed in one go: a RUNNING trial that no worker
+        # claimed had its worker stopped in between (a killed worker), and no one owns it
+        why = worker_gone(t, now) if worker_of(t) else "its worker stopped before it claimed the trial"
         if not why:
             continue
         try:
