@@ -179,7 +179,6 @@ class Tracker:
         self._queue: queue.Queue[Any] | None = None
         self._errors: list[BaseException] = []
         self._sink: RunSink | None = sink  # a RunWriter's: finished runs are written by its process
-        self._abandoned = False
         if background and sink is None:
             self._queue = queue.Queue()
             threading.Thread(target=self._write, daemon=True, name="mlflow-writer").start()
@@ -306,15 +305,8 @@ class Tracker:
         process that sends them to a RunWriter, handed to it whole."""
         if self._queue is not None:
             self._queue.join()
-        if self._sink is not None and not self._abandoned and multiprocessing.parent_process() is not None:
+        if self._sink is not None and multiprocessing.parent_process() is not None:
             self._sink.flush()
-
-    def abandon(self) -> None:
-        """A worker that was stopped (an interrupt, an error) exits without waiting for its
-        queued runs to reach the writer, which may be stopping too; a rerun writes them."""
-        if self._sink is not None:
-            self._abandoned = True
-            self._sink.queue.cancel_join_thread()
         errors, self._errors = self._errors, []  # raised once: the next row starts clean
         if errors:
             raise errors[0]

@@ -368,9 +368,6 @@ class StudyWorker:
                 with beat.running(t):
                     self._one(t, what)
                 done += 1
-        except BaseException:
-            self.tracker.abandon()  # stopped: the runs it queued are not waited for (a rerun writes them)
-            raise
         finally:
             beat.stop()
             self.tracker.drain()
