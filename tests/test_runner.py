@@ -729,3 +729,20 @@ def test_a_trial_asked_but_never_claimed_is_reaped() -> None:
     failed = studies.reap_dead_trials(study)
     assert [t.number for t in failed] == [0]
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
+
+
+def test_a_background_trackers_write_error_is_raised_by_drain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run the writer thread could not write is not lost silently: `drain` raises its error, once."""
+    from harness.report.tracking import Tracker
+
+    tracker = Tracker("drain-errors", f"sqlite:///{tmp_path}/mlflow.db", background=True)
+
+    def fail(*args: Any) -> None:
+        raise RuntimeError("store gone")
+
+    monkeypatch.setattr(tracker, "_send", fail)
+    parent = tracker.parent("s", "s", {})
+    tracker.finish(tracker.child(parent, "c", "trial", {}, {}, defer=True))
+    with pytest.raises(RuntimeError, match="store gone"):
+        tracker.drain()
+    tracker.drain()  # raised once
