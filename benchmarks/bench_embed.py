@@ -16,7 +16,12 @@ Per embedder (`--embedders`, default minilm,mpnet) and backend (`--backends`, de
    best_offline_qvh_v1.yaml run with that embedder and backend, and their differences to
    float32 torch's (read from `--ref-cache`, default `--cache`); a backend may be an
    embedder's default only if no difference of R1@0.5, R1@0.7, mAP@0.5 or mAP@avg
-   exceeds `TOLERANCE` on any config (the verdict line says which and by how much).
+   exceeds `TOLERANCE` on any config (the verdict line says which and by how much);
+4. with `--floor`, the least time any float32 backend can take for the whole split on this
+   machine: the split's tokens, padded as the runtimes pad them (length-sorted batches),
+   times the model's matrix-multiply FLOPs a token (read from its config), over the float32
+   matrix-multiply rate numpy reaches here at the model's own shapes on all this process's
+   cores. A backend's whole-split time beside it says how close to the machine it runs.
 """
 
 from __future__ import annotations
@@ -83,6 +88,42 @@ def speed(embedder: str, backends: list[str], texts: list[str], batch_size: int 
     return rows
 
 
+def sgemm_rate(rows: int, hidden: int, inner: int, seconds: float = 3.0) -> float:
+    """float32 GFLOP/s of numpy's matrix multiply at a transformer layer's shapes, all cores."""
+    rng = np.random.default_rng(0)
+    x, w1, w2 = (rng.standard_normal(s, dtype=np.float32) for s in ((rows, hidden), (hidden, inner), (inner, hidden)))
+    x @ w1  # first-call allocations
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        (x @ w1) @ w2
+        n += 1
+    return 4 * rows * hidden * inner * n / (time.perf_counter() - t0) / 1e9
+
+
+def floor(embedder: str, texts: list[str], batch: int) -> dict[str, Any]:
+    """The split's matrix-multiply FLOPs and the least float32 time they take on this machine."""
+    st = build_embedder(embedder, backend=TORCH, device="cpu").load()
+    cfg = st[0].auto_model.config
+    h, inner, layers = int(cfg.hidden_size), int(cfg.intermediate_size), int(cfg.num_hidden_layers)
+    lengths = np.sort([len(ids) for ids in st.tokenizer(texts, truncation=True,
+                                                         max_length=int(st.max_seq_length))["input_ids"]])
+    padded = np.array([lengths[i : i + batch].max() for i in range(0, len(lengths), batch)])
+    sizes = np.array([len(lengths[i : i + batch]) for i in range(0, len(lengths), batch)])
+    tokens = int((padded * sizes).sum())
+    # a layer: Q, K, V, output projections (4 h^2) and the feed-forward (2 h i) a token, and
+    # the attention scores and their use (2 n h a token, n the padded length), 2 FLOPs a MAC
+    flops = 2 * layers * (tokens * (4 * h * h + 2 * h * inner) + int((sizes * padded * padded).sum()) * 2 * h)
+    rate = sgemm_rate(int(batch * np.mean(padded)), h, inner)
+    row = {"embedder": embedder, "texts": len(texts), "tokens": int(lengths.sum()), "padded_tokens": tokens,
+           "tflop": round(flops / 1e12, 1), "sgemm_gflops": round(rate, 1), "floor_s": round(flops / 1e9 / rate)}
+    print(f"  floor: {len(texts)} texts, {row['tokens']} tokens ({tokens} padded in batches of {batch}), "
+          f"{row['tflop']} TFLOP of matrix multiplies ({layers} layers, hidden {h}, feed-forward {inner}); "
+          f"numpy float32 matmul here {row['sgemm_gflops']} GFLOP/s -> at least {row['floor_s']} s "
+          f"({row['floor_s'] / 60:.1f} min) for the split in float32, {len(texts) / (flops / 1e9 / rate):.0f} "
+          f"texts/s at most (load average {_load()})", flush=True)
+    return row
+
+
 def metrics(cfg_path: Path, embedder: str, backend: str, cache: Cache, limit: int | None) -> dict[str, float] | str:
     overrides: dict[str, Any] = {"embedder": embedder, "embedder_backend": backend, "embedder_dtype": "float32"}
     if limit:
@@ -108,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--embed", action="store_true", help="embed the whole split with each backend it lacks")
     ap.add_argument("--limit", type=int, default=None, help="metrics on the first N queries only")
+    ap.add_argument("--floor", action="store_true",
+                    help="the least float32 time for the split on this machine (FLOPs over matmul rate)")
+    ap.add_argument("--no-metrics", action="store_true", help="skip the reference configs' metrics")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -115,13 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     cache = Cache(args.cache)
     ref_cache = Cache(args.ref_cache, readonly=True) if args.ref_cache else cache
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    figures: dict[str, Any] = {"dataset": dataset.name, "speed": [], "embed": [], "metrics": []}
+    figures: dict[str, Any] = {"dataset": dataset.name, "speed": [], "embed": [], "metrics": [], "floor": []}
     lists, _ = dataset_text_lists(cache, dataset)
     distinct = sorted({t for _, texts in lists for t in texts})
     print(f"{dataset.name}: {len(distinct)} distinct texts in {len(lists)} lists; {os.cpu_count()} CPUs; "
           f"load average {_load()}", flush=True)
     for embedder in [e.strip() for e in args.embedders.split(",") if e.strip()]:
         print(f"\n== {embedder}", flush=True)
+        if args.floor:
+            figures["floor"].append(floor(embedder, distinct, args.batch_size or 64))
         if args.sample:
             sample = random.Random(0).sample(distinct, min(args.sample, len(distinct)))
             figures["speed"] += speed(embedder, backends, sample, args.batch_size)
@@ -137,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"(load average {_load()})", flush=True)
                     figures["embed"].append({"embedder": embedder, "backend": backend, "seconds": round(wall, 1),
                                              "texts": rep.texts_encoded, "cpu_s": round(cpu, 1)})
+        if args.no_metrics:
+            continue
         print(f"  {'config':<28} {'backend':<14} " + " ".join(f"{k:>8}" for k in METRICS) + "  max |diff|")
         worst: dict[str, float] = {}
         for name in CONFIGS:

@@ -12,22 +12,26 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.builder.backends import granular
 from harness.builder.backends.granular import (
     RULES_VERSION,
+    Parses,
     SpacyGranularRewriter,
     has_proper_noun,
     nlp,
     pipeline_id,
+    proper_nouns,
     simplify,
     spacy_key_elements,
 )
 from harness.cache.producers import paraphrase_producer, query_text_item, rewrite_producer
 from harness.cache.store import Cache
 from harness.core.registries import REWRITERS
-from harness.report.plots import capitalised_word, query_type
+from harness.report.plots import capitalised_word, query_type, query_types
 
 HAND_WORKED = [
     # adjectives and bare adverbs out
@@ -135,3 +139,67 @@ def test_key_elements_and_proper_nouns_from_the_same_pipeline() -> None:
     assert query_type("Chef makes pizza and cuts it up.") == "Else"
     assert query_type("Woman holds up a green bottle.") == "Simple"
     assert query_type("A woman goes to the 360 Chicago observation deck cafe on the 94th floor") == "Detail"
+
+
+def _val_queries(data_root: Path, n: int) -> list[str]:
+    with (data_root / "qvhighlights" / "highlight_val_release.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line)["query"] for line, _ in zip(f, range(n), strict=False)]
+
+
+class _CountingNlp:
+    """spaCy's pipeline, counting batch parses and one-text parses."""
+
+    def __init__(self) -> None:
+        self.real, self.pipes, self.calls = nlp(), 0, 0
+
+    def pipe(self, texts: Any, **kwargs: Any) -> Any:
+        self.pipes += 1
+        return self.real.pipe(texts, **kwargs)
+
+    def __call__(self, text: str) -> Any:
+        self.calls += 1
+        return self.real(text)
+
+
+def _parse_of(doc: Any) -> list[tuple[str, str, str, str, int]]:
+    return [(t.text, t.tag_, t.pos_, t.dep_, t.head.i) for t in doc]
+
+
+def test_batched_parses_are_the_parses_of_one_call_a_text(data_root: Path) -> None:
+    """The batch (entity recogniser and lemmatiser left out) tags and parses every text as
+    the whole pipeline does on that text alone: 300 real val queries, the hand-worked
+    ones, and the verb probes of those parsed without a verb."""
+    texts = list(dict.fromkeys(_val_queries(data_root, 300) + [q for q, _ in HAND_WORKED]))
+    parses = Parses(texts)
+    probes = [p for t in texts if not granular._verb_root(parses(t)) for _, p in granular._verb_candidates(parses(t))]
+    assert len(probes) > 20, "the headline-style queries give verb probes"
+    for text in texts + probes:
+        assert _parse_of(parses(text)) == _parse_of(nlp()(text)), text
+
+
+def test_the_rewriter_parses_in_two_batches_and_rewrites_as_one_text_at_a_time(
+        data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    queries = [q for q, _ in HAND_WORKED]
+    alone = [simplify(q) for q in queries]  # each query parsed on its own
+    counting = _CountingNlp()
+    monkeypatch.setattr(granular, "nlp", lambda: counting)
+    results = SpacyGranularRewriter(m=1).rewrite(queries, 1)
+    assert [r.value["qs"] for r in results] == [[a] for a in alone]
+    assert [a for a, (_, expected) in zip(alone, HAND_WORKED, strict=True) if a != expected] == []
+    assert (counting.pipes, counting.calls) == (2, 0), "the queries, then the verb probes: a batch each"
+
+
+def test_query_types_of_a_split_parse_once_a_process(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table's every row asks for the same queries' types (Fig. 7): one spaCy batch for
+    the first, none for the rest, and the same types as the one-query rule."""
+    queries = _val_queries(data_root, 200) + ["A tourist couple get the mango smoothie ball at the Bricklin Cafe"]
+    monkeypatch.setattr(granular, "_PROPER_NOUN", {})
+    counting = _CountingNlp()
+    monkeypatch.setattr(granular, "nlp", lambda: counting)
+    types = query_types(queries)
+    assert (counting.pipes, counting.calls) == (1, 0)
+    assert query_types(queries) == types and (counting.pipes, counting.calls) == (1, 0)
+    monkeypatch.setattr(granular, "_PROPER_NOUN", {})
+    assert types == [query_type(q) for q in queries]
+    assert {"Simple", "Detail", "Else"} <= set(types) and types[-1] == "Detail"
+    assert proper_nouns(queries[-1:]) == [True]

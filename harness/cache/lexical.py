@@ -48,7 +48,6 @@ def nlp() -> Any:
 
 
 @cache
-@cache
 def pipeline_version() -> str:
     """`en_core_web_sm-3.8.0`: the pipeline a cache key names. The version is read from the
     installed package's meta.json, the file spaCy takes `nlp.meta` from, so a build that

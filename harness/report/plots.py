@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.builder.backends.granular import has_proper_noun
+from harness.builder.backends.granular import has_proper_noun, proper_nouns
 from harness.core.constants import CLIP_SECONDS
 from harness.core.query import Query
 
@@ -32,12 +32,19 @@ def query_type(text: str, proper_noun: Callable[[str], bool] = has_proper_noun) 
     Else. Proper nouns come from spaCy's parse (named entities, PROPN tags); the word-shape
     rule `capitalised_word` is the alternative. The paper's fourth type, Error (a grammatical
     error), needs a grammar checker this harness does not have; it is not computed."""
-    tokens = _WORD.findall(text)
-    if len(tokens) >= 20 or proper_noun(text):
+    n = len(_WORD.findall(text))
+    return _type_of(n, n < 20 and proper_noun(text))
+
+
+def query_types(texts: Sequence[str]) -> list[str]:
+    """`query_type` of many queries, their proper nouns found in one spaCy batch."""
+    return [_type_of(len(_WORD.findall(t)), named) for t, named in zip(texts, proper_nouns(texts), strict=True)]
+
+
+def _type_of(n_words: int, names_something: bool) -> str:
+    if n_words >= 20 or names_something:
         return "Detail"
-    if len(tokens) <= 6:
-        return "Simple"
-    return "Else"
+    return "Simple" if n_words <= 6 else "Else"
 
 
 def _pyplot() -> Any:
@@ -82,11 +89,12 @@ def sensitivity_curve(
 
 
 def query_type_breakdown(
-    queries: Sequence[Query], top1_iou: np.ndarray, path: str | Path, title: str = ""
+    types: Sequence[str], top1_iou: np.ndarray, path: str | Path, title: str = ""
 ) -> tuple[Path, dict[str, dict[str, float]]]:
-    """R1@0.5 and R1@0.7 per query type (Fig. 7); returns the figure and the numbers."""
+    """R1@0.5 and R1@0.7 per query type (Fig. 7, `types` from `query_types`); returns the
+    figure and the numbers."""
     plt = _pyplot()
-    types = np.array([query_type(q.query) for q in queries])
+    types = np.asarray(types)
     stats: dict[str, dict[str, float]] = {}
     for t in QUERY_TYPES:
         sel = types == t

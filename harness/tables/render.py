@@ -305,16 +305,17 @@ def log_row_artifacts(tracker: Tracker, run_id: str, prep: Prepared, res: dict[s
     score curves (Fig. 9) of one row."""
     rows = res["predictions"]
     iou = top1_ious(list(prep.queries), rows)
+    types = plots.query_types([q.query for q in prep.queries])
     lines = ["qid,vid,query_type,top1_start,top1_end,top1_iou,r1_0.5,r1_0.7"]
-    for q, r, v in zip(prep.queries, rows, iou, strict=True):
+    for q, r, v, kind in zip(prep.queries, rows, iou, types, strict=True):
         w = r["pred_relevant_windows"][:1]
         s, e = (w[0][0], w[0][1]) if w else ("", "")
-        lines.append(f"{q.qid},{q.vid},{plots.query_type(q.query)},{s},{e},{v:.4f},{int(v >= 0.5)},{int(v >= 0.7)}")
+        lines.append(f"{q.qid},{q.vid},{kind},{s},{e},{v:.4f},{int(v >= 0.5)},{int(v >= 0.7)}")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / "per_query.csv").write_text("\n".join(lines) + "\n")
-        _, stats = plots.query_type_breakdown(list(prep.queries), iou, d / "query_types.png")
+        _, stats = plots.query_type_breakdown(types, iou, d / "query_types.png")
         (d / "query_types.json").write_text(json.dumps(stats, indent=2))
         best = int(np.argmax(iou)) if len(iou) else 0
         for k, qi in enumerate(dict.fromkeys([0, best])):
