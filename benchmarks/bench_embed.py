@@ -17,11 +17,12 @@ Per embedder (`--embedders`, default minilm,mpnet) and backend (`--backends`, de
    float32 torch's (read from `--ref-cache`, default `--cache`); a backend may be an
    embedder's default only if no difference of R1@0.5, R1@0.7, mAP@0.5 or mAP@avg
    exceeds `TOLERANCE` on any config (the verdict line says which and by how much);
-4. with `--floor`, the least time any float32 backend can take for the whole split on this
-   machine: the split's tokens, padded as the runtimes pad them (length-sorted batches),
-   times the model's matrix-multiply FLOPs a token (read from its config), over the float32
-   matrix-multiply rate numpy reaches here at the model's own shapes on all this process's
-   cores. A backend's whole-split time beside it says how close to the machine it runs.
+4. with `--floor`, how long the whole split's float32 arithmetic takes on this machine at
+   the matrix-multiply rate it reaches: the split's tokens, padded as the runtimes pad them
+   (length-sorted batches), times the model's matrix-multiply FLOPs a token (read from its
+   config), over numpy's float32 matmul rate at the model's feed-forward shapes on all this
+   process's cores. An estimate of the floor, not a proof: a runtime's own kernels may beat
+   numpy's BLAS a little, and the cores' peak (FLOPs a cycle times the clock) is higher.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def speed(embedder: str, backends: list[str], texts: list[str], batch_size: int 
 
 
 def sgemm_rate(rows: int, hidden: int, inner: int, seconds: float = 3.0) -> float:
-    """float32 GFLOP/s of numpy's matrix multiply at a transformer layer's shapes, all cores."""
+    """float32 GFLOP/s of numpy's matrix multiply at a transformer's feed-forward shapes, all cores."""
     rng = np.random.default_rng(0)
     x, w1, w2 = (rng.standard_normal(s, dtype=np.float32) for s in ((rows, hidden), (hidden, inner), (inner, hidden)))
     x @ w1  # first-call allocations
@@ -101,7 +102,7 @@ def sgemm_rate(rows: int, hidden: int, inner: int, seconds: float = 3.0) -> floa
 
 
 def floor(embedder: str, texts: list[str], batch: int) -> dict[str, Any]:
-    """The split's matrix-multiply FLOPs and the least float32 time they take on this machine."""
+    """The split's matrix-multiply FLOPs and their float32 time at numpy's matmul rate here."""
     st = build_embedder(embedder, backend=TORCH, device="cpu").load()
     cfg = st[0].auto_model.config
     h, inner, layers = int(cfg.hidden_size), int(cfg.intermediate_size), int(cfg.num_hidden_layers)
@@ -118,9 +119,9 @@ def floor(embedder: str, texts: list[str], batch: int) -> dict[str, Any]:
            "tflop": round(flops / 1e12, 1), "sgemm_gflops": round(rate, 1), "floor_s": round(flops / 1e9 / rate)}
     print(f"  floor: {len(texts)} texts, {row['tokens']} tokens ({tokens} padded in batches of {batch}), "
           f"{row['tflop']} TFLOP of matrix multiplies ({layers} layers, hidden {h}, feed-forward {inner}); "
-          f"numpy float32 matmul here {row['sgemm_gflops']} GFLOP/s -> at least {row['floor_s']} s "
-          f"({row['floor_s'] / 60:.1f} min) for the split in float32, {len(texts) / (flops / 1e9 / rate):.0f} "
-          f"texts/s at most (load average {_load()})", flush=True)
+          f"at numpy's float32 matmul rate here, {row['sgemm_gflops']} GFLOP/s: {row['floor_s']} s "
+          f"({row['floor_s'] / 60:.1f} min) for the split, {len(texts) / (flops / 1e9 / rate):.0f} "
+          f"texts/s (load average {_load()})", flush=True)
     return row
 
 

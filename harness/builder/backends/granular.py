@@ -195,7 +195,8 @@ def _subject(tokens: Sequence[Any]) -> str:
 def simplify(text: str, parse: Parses | None = None) -> str:
     """The simplified query: core entities and actions, a grammatical phrase (`parse`:
     parses made beforehand in a batch; without it the text is parsed on its own)."""
-    parse = parse or Parses()
+    if parse is None:
+        parse = Parses()
     doc = parse(text)
     if not len(doc):
         return text
